@@ -1,0 +1,57 @@
+{#- Time helpers: every conformed timestamp is UTC; periods are taken in the city's local time. -#}
+
+{% macro citylake_to_utc(raw, timezone) -%}
+    {#- A text timestamp to a UTC instant: one with an offset (Z, +02:00) is exact; one without is a
+        wall time in the source's declared zone (daylight-saving days included). -#}
+    case
+        when regexp_matches({{ raw }}, '\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)? ?(Z|[+-]\d\d(:?\d\d)?)$')
+            then try_cast({{ raw }} as timestamptz)
+        else try_cast({{ raw }} as timestamp) at time zone '{{ timezone }}'
+    end
+{%- endmacro %}
+
+{% macro citylake_local_date(ts) -%}
+    cast(({{ ts }}) at time zone '{{ var("city_timezone") }}' as date)
+{%- endmacro %}
+
+{% macro citylake_grains() -%}
+    (select unnest(['month', 'year']) as period_grain)
+{%- endmacro %}
+
+{% macro citylake_period_slots(span_cte) -%}
+    {#- For each grain and period: the calendar days, ISO Mondays and months of the period that lie
+        within the source's delivered span (`span_cte` has span_start, span_end), for coverage. -#}
+    select
+        g.period_grain,
+        cast(date_trunc(g.period_grain, d.date_day) as date) as period_start,
+        count(*) as days,
+        count_if(isodow(d.date_day) = 1) as mondays,
+        count(distinct date_trunc('month', d.date_day)) as months
+    from {{ ref('dim_date') }} as d
+    cross join {{ span_cte }} as s
+    cross join {{ citylake_grains() }} as g
+    where d.date_day between s.span_start and s.span_end
+    group by all
+{%- endmacro %}
+
+{% macro citylake_with_periods(relation, date_column) -%}
+    {#- Each row once per grain, with its period_start. -#}
+    select r.*, g.period_grain, cast(date_trunc(g.period_grain, r.{{ date_column }}) as date) as period_start
+    from {{ relation }} as r
+    cross join {{ citylake_grains() }} as g
+{%- endmacro %}
+
+{% macro citylake_with_areas(relation) -%}
+    {#- Each row once for its district (when known) and once for the whole city. -#}
+    select *, district_code as area_id from {{ relation }} where district_code is not null
+    union all
+    select *, 'CITY' as area_id from {{ relation }}
+{%- endmacro %}
+
+{% macro citylake_population(alias) -%}
+    {#- Join condition: the census year at or before the period (the earliest census before it). -#}
+    left join {{ ref('int_area_population') }} as population
+        on population.area_id = {{ alias }}.area_id
+        and year({{ alias }}.period_start) >= population.valid_from_year
+        and year({{ alias }}.period_start) < population.valid_to_year
+{%- endmacro %}

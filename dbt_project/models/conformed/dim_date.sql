@@ -1,0 +1,39 @@
+-- Calendar days (city local dates) covering every whole year any fact touches.
+with dates as (
+
+    select {{ citylake_local_date('observed_at') }} as d from {{ ref('fct_air_quality_observations') }}
+    union all
+    select {{ citylake_local_date('requested_at') }} from {{ ref('fct_service_requests') }}
+    union all
+    select {{ citylake_local_date('accident_at') }} from {{ ref('fct_road_collisions') }}
+    union all
+    select service_date from {{ ref('fct_transit_ridership') }}
+    union all
+    select period_start from {{ ref('fct_energy_consumption') }}
+    union all
+    select collected_on from {{ ref('fct_waste_collection') }}
+
+),
+
+bounds as (
+
+    select
+        cast(date_trunc('year', coalesce(min(d), current_date)) as date) as first_day,
+        cast(date_trunc('year', coalesce(max(d), current_date)) + interval 1 year - interval 1 day as date)
+            as last_day
+    from dates
+
+),
+
+final as (
+
+    select
+        cast(day as date) as date_day,
+        cast(date_trunc('month', day) as date) as month_start,
+        cast(date_trunc('year', day) as date) as year_start,
+        isodow(day) as iso_day_of_week
+    from bounds, range(first_day, last_day + interval 1 day, interval 1 day) as t(day)
+
+)
+
+select * from final

@@ -1,0 +1,31 @@
+-- One row per district: its code (the one key every silo is reconciled to), name, area, latest
+-- census population and boundary as WKT.
+with districts as (
+
+    select * from {{ ref('city_districts') }}
+
+),
+
+population as (
+
+    select * from {{ ref('int_area_population') }}
+    where area_id <> 'CITY'
+    qualify row_number() over (partition by area_id order by census_year desc) = 1
+
+),
+
+final as (
+
+    select
+        cast(districts.code as varchar) as district_code,
+        districts.name as district_name,
+        cast(districts.area_km2 as double) as area_km2,
+        population.population,
+        population.census_year as population_year,
+        districts.geometry_wkt
+    from districts
+    left join population on population.area_id = cast(districts.code as varchar)
+
+)
+
+select * from final

@@ -1,0 +1,34 @@
+-- ServiceRequest (Open311): one row per request, UTC times, one category taxonomy, its district.
+with requests as (
+
+    select * from {{ ref('int_service_requests__categorised') }}
+    where reject_reason is null
+
+),
+
+final as (
+
+    select
+        agency,
+        source_name,
+        record_key,
+        service_request_id,
+        requested_at,
+        closed_at,
+        coalesce(lower(status), case when closed_at is null then 'open' else 'closed' end) as status,
+        service_code,
+        service_name,
+        category,
+        target_days,
+        agency_responsible,
+        latitude,
+        longitude,
+        district_code,
+        closed_at is not null as is_closed,
+        date_diff('second', requested_at, closed_at) / 86400.0 as days_to_close,
+        ingested_at
+    from requests
+
+)
+
+select * from final

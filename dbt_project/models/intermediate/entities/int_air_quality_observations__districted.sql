@@ -1,0 +1,1 @@
+{{ citylake_assign_district('int_air_quality_observations__unioned') }}

@@ -1,0 +1,1 @@
+{{ citylake_assign_district('int_energy_consumption__unioned') }}

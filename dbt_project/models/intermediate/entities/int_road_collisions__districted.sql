@@ -1,0 +1,1 @@
+{{ citylake_assign_district('int_road_collisions__unioned') }}

@@ -1,0 +1,10 @@
+-- Electricity consumption by billing month, district and sector, kWh.
+select
+    period_start as month_start,
+    coalesce(district_code, 'UNASSIGNED') as district_code,
+    sector,
+    sum(kwh) as kwh,
+    count(distinct meter_id) as meters
+from {{ ref('fct_energy_consumption') }}
+group by all
+order by month_start, district_code, sector

@@ -1,0 +1,206 @@
+"""`citylake`: what people do from a terminal. Every command takes --config PATH.
+
+demo      generate the reference city, run everything, print the indicators and where to query them
+generate  write the reference city's sources (and its ground truth) beside city.yaml
+run       materialize assets through Dagster (the UI's code path); --select takes Dagster's syntax
+sql       read-only SQL over the published analyst catalog
+check     validate city.yaml and test each source's connectivity
+dev       open the Dagster UI on this project
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from orchestration.config import CityConfig, ConfigError, config_path, load_config
+
+CONFIG_OPTION = click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+                             help="city.yaml to use (default: $CITYLAKE_CONFIG, else ./city.yaml)")
+
+
+def _load(config: str | None) -> CityConfig:
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    # the code location reads the same file, in this process and in any it starts
+    os.environ["CITYLAKE_CONFIG"] = str(cfg.path)
+    from orchestration.city import dagster_home
+
+    os.environ["DAGSTER_HOME"] = str(dagster_home(cfg))
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
+    os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    return cfg
+
+
+@contextlib.contextmanager
+def simulators(cfg: CityConfig) -> Iterator[None]:
+    """Start the agency systems the reference city simulates (Riverton's Open311 API)."""
+    with contextlib.ExitStack() as stack:
+        open311 = cfg.simulators.get("open311")
+        if open311:
+            from orchestration.config import resolve_path
+            from orchestration.reference_city import running_open311
+
+            data = Path(resolve_path(cfg.base_dir, str(open311["data"])))
+            if not data.exists():
+                raise click.ClickException(f"simulators.open311.data: {data} does not exist; run `citylake generate`")
+            try:
+                stack.enter_context(running_open311(data, port=int(open311.get("port", 8311))))
+            except OSError as exc:
+                raise click.ClickException(
+                    f"simulators.open311: cannot listen on 127.0.0.1:{open311.get('port', 8311)} ({exc}); "
+                    "another citylake (or `make dev`) may be serving it; stop it or change the port") from None
+        yield
+
+
+@click.group(help=__doc__)
+def main() -> None:
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--scale", type=float, default=1.0, show_default=True, help="size of the city (10+ for benchmarks)")
+@click.option("--days", type=int, default=90, show_default=True, help="days of history")
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default="2025-01-01", show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="where to write (default: reference_city/ beside the config file)")
+def generate(config: str | None, scale: float, days: int, start: dt.datetime, seed: int, out: str | None) -> None:
+    """Write the reference city's agency sources, deterministic from the seed."""
+    from orchestration.reference_city import generate as gen
+
+    target = Path(out) if out else config_path(config).parent / "reference_city"
+    t0 = time.perf_counter()
+    summary = gen(target, scale=scale, days=days, start=start.date(), seed=seed)
+    total = sum(v["clean"] + v["bad"] for v in summary["sources"].values())
+    click.echo(f"Generated Riverton at scale {scale:g}, {days} days from {start.date()} into {target}: "
+               f"{total:,} records in {len(summary['sources'])} sources, {summary['bad_records']} deliberately "
+               f"bad ({time.perf_counter() - t0:.1f} s)")
+
+
+def run_assets(cfg: CityConfig, select: str | None) -> bool:
+    """Materialize the selection (everything when None) in a Dagster run recorded in DAGSTER_HOME."""
+    import dagster as dg
+
+    from orchestration.definitions import defs
+    from orchestration.progress import progress_logger
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    graph = defs.resolve_asset_graph()
+    keys = None
+    if select:
+        try:
+            keys = list(dg.AssetSelection.from_string(select).resolve(graph))
+        except Exception as exc:  # Dagster raises several types for a bad selection string
+            raise click.ClickException(f"--select {select!r}: {exc}") from None
+        if not keys:
+            raise click.ClickException(f"--select {select!r} matches no asset; see `dagster asset list` or the UI")
+    n = len(keys) if keys is not None else len(graph.get_all_asset_keys())
+    click.echo(f"Running {n} assets of {cfg.name} through Dagster (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    with simulators(cfg), dg.DagsterInstance.get() as instance:
+        result = job.with_logger_defs({"progress": progress_logger}).execute_in_process(
+            instance=instance, asset_selection=keys, raise_on_error=False,
+            run_config={"loggers": {"progress": {}}})
+    failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"
+              or (e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed)]
+    for e in failed:
+        data = e.event_specific_data
+        why = data.error.message.strip() if getattr(data, "error", None) else (getattr(data, "description", "") or "")
+        click.echo(f"  FAILED {e.step_key or ''}: {why}", err=True)
+    click.echo(f"Run {result.run_id} {'succeeded' if result.success and not failed else 'FAILED'}.")
+    return result.success and not failed
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--select", default=None, help="Dagster asset selection, e.g. 'bronze/transport/ridership' or "
+              "'key:marts/*'; default: everything")
+def run(config: str | None, select: str | None) -> None:
+    """Materialize assets through Dagster (same code path as the UI)."""
+    cfg = _load(config)
+    if not run_assets(cfg, select):
+        sys.exit(1)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--scale", type=float, default=1.0, show_default=True)
+@click.option("--days", type=int, default=90, show_default=True)
+def demo(config: str | None, scale: float, days: int) -> None:
+    """Generate the reference city, run the whole pipeline, and print the indicators."""
+    ctx = click.get_current_context()
+    ctx.invoke(generate, config=config, scale=scale, days=days, start=dt.datetime(2025, 1, 1), seed=42, out=None)
+    cfg = _load(config)
+    t0 = time.perf_counter()
+    if not run_assets(cfg, None):
+        sys.exit(1)
+    from orchestration.report import summary
+
+    click.echo(f"Pipeline finished in {time.perf_counter() - t0:.0f} s.\n")
+    click.echo(summary(cfg))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("query", required=False)
+@click.option("-f", "--file", "file", type=click.File("r"), help="read the query from a file")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--limit", type=int, default=None, help="print at most this many rows")
+def sql(config: str | None, query: str | None, file, fmt: str, limit: int | None) -> None:
+    """Query the published marts (read-only) from the analyst catalog."""
+    from orchestration.analyst import QueryError, run_query
+
+    cfg = _load(config)
+    text = file.read() if file else query
+    if not text:
+        raise click.ClickException("give a query: citylake sql \"select ...\" or citylake sql -f query.sql")
+    try:
+        click.echo(run_query(cfg.catalog_path, text, fmt=fmt, limit=limit), nl=False)
+    except QueryError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@CONFIG_OPTION
+def check(config: str | None) -> None:
+    """Validate city.yaml and test each source's connectivity (secrets never printed)."""
+    from orchestration.connectivity import check_source
+
+    cfg = _load(config)
+    click.echo(f"{cfg.path}: valid ({len(cfg.sources)} sources, lake {cfg.lake_root})")
+    bad = 0
+    with simulators(cfg):
+        for source in cfg.sources:
+            ok, detail = check_source(source)
+            bad += not ok
+            click.echo(f"  {'ok  ' if ok else 'FAIL'} {source.key:<40} {detail}")
+    if bad:
+        raise click.ClickException(f"{bad} source(s) unreachable")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--port", type=int, default=3000, show_default=True)
+def dev(config: str | None, port: int) -> None:
+    """Open the Dagster UI on this project (http://127.0.0.1:PORT)."""
+    cfg = _load(config)
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    with simulators(cfg):
+        subprocess.run([str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(workspace),
+                        "-h", "127.0.0.1", "-p", str(port)], check=False)
+
+
+if __name__ == "__main__":
+    main()

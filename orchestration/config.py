@@ -1,0 +1,307 @@
+"""city.yaml: loading, validation and the typed view the rest of citylake reads.
+
+Where the file is: `--config PATH`, else the `CITYLAKE_CONFIG` variable, else `./city.yaml`.
+Relative paths in the file are relative to the file's own folder, so a config works from any
+working directory. Secrets are written as `${ENV_VAR}` and resolved from the environment only when a
+source is used, so `citylake check` can name a missing variable without printing any value.
+
+Top-level keys (the user-facing contract is in README.md; every key is documented there too):
+
+- `city`: `name`, `timezone` (IANA).
+- `lake`: `root`, a folder or an `s3://bucket/prefix` URI.
+- `catalog`: path of the analyst DuckDB catalog (default `<lake root>/catalog.duckdb`; required when
+  the lake is on object storage, since DuckDB files live on a local disk).
+- `state_dir`: where citylake keeps its working state: the dbt build, the warehouse DuckDB file and
+  the Dagster instance (default `./.citylake` beside the config file).
+- `districts`: `boundaries` (GeoJSON), `code_property` (default `code`), `name_property` (default
+  `name`), `population` (CSV with columns code, population, year).
+- `reference_data`: optional CSVs that replace the built-in dbt seeds for this city:
+  `district_crosswalk` (alias, district_code), `service_categories`
+  (service_code, service_name, category, target_days), `waste_streams` (source_label, stream).
+- `simulators`: agency systems the reference city simulates, started by `citylake demo/run/dev`
+  (`open311: {data: path, port: 8311}`). Real cities leave it out.
+- `agencies`: `<agency>: <source>: {...}`: see `Source`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from orchestration.entities import ENTITIES
+
+DEFAULT_CONFIG = "city.yaml"
+SOURCE_KINDS = ("postgres", "mysql", "sqlite", "http_json", "files", "mqtt")
+FILE_FORMATS = ("csv", "xlsx", "json", "jsonl", "parquet")
+DISTRICT_METHODS = ("coordinates", "code", "name")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """city.yaml is wrong: the message names the file, the key and the fix."""
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> Path:
+    """The config file to use: the explicit path, else $CITYLAKE_CONFIG, else ./city.yaml."""
+    return Path(explicit or os.environ.get("CITYLAKE_CONFIG") or DEFAULT_CONFIG).resolve()
+
+
+def resolve_env(value: str, where: str) -> str:
+    """Replace `${VAR}` with the variable's value; a missing variable is an error naming the key."""
+
+    def sub(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set; export it before running")
+        return os.environ[name]
+
+    return _ENV.sub(sub, value)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One agency source (`agencies.<agency>.<name>`).
+
+    kind: postgres | mysql | sqlite | http_json | files | mqtt
+    dsn (postgres, mysql), path (sqlite file; files glob), table or query (SQL kinds),
+    url, pagination, cursor, headers, records_path (http_json), format and csv options (files),
+    topic (mqtt), primary_key, cursor (SQL: a column), schedule (cron), timezone (the zone local
+    times are in; default the city's), feeds (a conformed entity), columns (conformed column ->
+    source column or SQL expression), district ({from: coordinates|code|name, ...}), units.
+    """
+
+    agency: str
+    name: str
+    kind: str
+    raw: dict[str, Any]
+    base_dir: Path
+    primary_key: tuple[str, ...]
+    timezone: str
+    feeds: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    district: dict[str, str] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    schedule: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.agency}/{self.name}"
+
+    @property
+    def where(self) -> str:
+        return f"agencies.{self.agency}.{self.name}"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
+
+    def secret(self, key: str) -> str:
+        """A connection string with `${VAR}` resolved (never log the result)."""
+        return self.secret_value(self.raw[key], key)
+
+    def secret_value(self, value: object, key: str) -> str:
+        """Any value of this source's config with `${VAR}` resolved; `key` names it in errors."""
+        return resolve_env(str(value), f"{self.where}.{key}")
+
+    def local_path(self, key: str = "path") -> str:
+        """A path-valued key resolved against the config file's folder (URIs kept as they are)."""
+        return resolve_path(self.base_dir, str(self.raw[key]))
+
+
+@dataclass(frozen=True)
+class CityConfig:
+    """The validated city.yaml."""
+
+    path: Path
+    name: str
+    timezone: str
+    lake_root: str
+    catalog_path: Path
+    state_dir: Path
+    boundaries: Path
+    code_property: str
+    name_property: str
+    population: Path
+    reference_data: dict[str, Path]
+    simulators: dict[str, Any]
+    sources: tuple[Source, ...]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def source(self, key: str) -> Source:
+        for s in self.sources:
+            if s.key == key:
+                return s
+        raise KeyError(key)
+
+    def lake_path(self, *parts: str) -> str:
+        """A path (or URI) under the lake root."""
+        return "/".join([self.lake_root.rstrip("/"), *parts])
+
+    @property
+    def is_remote(self) -> bool:
+        return "://" in self.lake_root
+
+
+def resolve_path(base: Path, value: str) -> str:
+    if "://" in value:
+        return value
+    return str((base / os.path.expanduser(value)).resolve())
+
+
+def _require(d: dict, key: str, where: str, hint: str) -> Any:
+    if key not in d or d[key] in (None, ""):
+        raise ConfigError(f"{where}.{key} is missing: {hint}")
+    return d[key]
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping (key: value lines), got {type(value).__name__}")
+    return value
+
+
+def _check_timezone(tz: str, where: str) -> str:
+    try:
+        ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: '{tz}' is not an IANA time zone; use a name like America/Chicago") from None
+    return str(tz)
+
+
+def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) -> Source:
+    where = f"agencies.{agency}.{name}"
+    if not _NAME.match(name):
+        raise ConfigError(f"{where}: source names are lower_snake_case (letters, digits, _), got '{name}'")
+    raw = _mapping(raw, where)
+    kind = _require(raw, "kind", where, f"set it to one of {', '.join(SOURCE_KINDS)}")
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(f"{where}.kind: '{kind}' is not a source kind; use one of {', '.join(SOURCE_KINDS)}")
+    pk = raw.get("primary_key")
+    if isinstance(pk, str):
+        pk = [pk]
+    if not pk or not isinstance(pk, list) or not all(isinstance(c, str) and c for c in pk):
+        raise ConfigError(f"{where}.primary_key is missing: list the source columns that identify a record, "
+                          "e.g. primary_key: [stop_id, service_date]")
+    if kind in ("postgres", "mysql"):
+        _require(raw, "dsn", where, "the connection string, e.g. dsn: ${TRANSPORT_DB_DSN}")
+    if kind == "sqlite":
+        _require(raw, "path", where, "the SQLite database file, e.g. path: ./data/transport.sqlite")
+    if kind in ("postgres", "mysql", "sqlite") and not (raw.get("table") or raw.get("query")):
+        raise ConfigError(f"{where}: set table: (e.g. public.daily_ridership) or query: \"select ...\"")
+    if kind == "http_json":
+        _require(raw, "url", where, "the endpoint, e.g. url: http://127.0.0.1:8311/open311/v2/requests.json")
+    if kind == "files":
+        _require(raw, "path", where, "a file glob, e.g. path: ./landing/energy/*.csv")
+        fmt = _require(raw, "format", where, f"one of {', '.join(FILE_FORMATS)}")
+        if fmt not in FILE_FORMATS:
+            raise ConfigError(f"{where}.format: '{fmt}' is not supported; use one of {', '.join(FILE_FORMATS)}")
+    if kind == "mqtt":
+        _require(raw, "topic", where, "the topic filter, e.g. topic: city/air/+")
+    tz = _check_timezone(raw.get("timezone", city_tz), f"{where}.timezone")
+
+    feeds = raw.get("feeds")
+    columns = {str(k): str(v) for k, v in _mapping(raw.get("columns"), f"{where}.columns").items()}
+    district = {str(k): str(v) for k, v in _mapping(raw.get("district"), f"{where}.district").items()}
+    units = {str(k): str(v) for k, v in _mapping(raw.get("units"), f"{where}.units").items()}
+    if feeds is not None:
+        if feeds not in ENTITIES:
+            raise ConfigError(f"{where}.feeds: '{feeds}' is not a conformed entity; use one of {', '.join(ENTITIES)}")
+        entity = ENTITIES[feeds]
+        for col in columns:
+            if entity.column(col) is None:
+                names = ", ".join(c.name for c in entity.columns)
+                raise ConfigError(f"{where}.columns.{col}: {feeds} has no column '{col}'; its columns are {names}")
+        missing = [c for c in entity.required if c not in columns]
+        if missing:
+            raise ConfigError(f"{where}.columns: {feeds} needs {', '.join(missing)}; map each to a source column "
+                              "or a SQL expression")
+    elif columns:
+        raise ConfigError(f"{where}.columns is set but feeds: is not; name the entity the columns fill")
+    if district:
+        method = district.get("from")
+        if method not in DISTRICT_METHODS:
+            raise ConfigError(f"{where}.district.from: use one of {', '.join(DISTRICT_METHODS)}, got '{method}'")
+        needs = ("lat", "lon") if method == "coordinates" else ("column",)
+        for k in needs:
+            if not district.get(k):
+                raise ConfigError(f"{where}.district.{k} is missing: name the source column (from: {method})")
+    from orchestration.dbt_build import known_units  # late: the seed reader lives with the dbt build
+
+    for quantity, unit in units.items():
+        if (quantity, unit) not in known_units():
+            raise ConfigError(f"{where}.units.{quantity}: no conversion from '{unit}' to the conformed unit; "
+                              "add a row to dbt_project/seeds/unit_conversions.csv")
+    return Source(
+        agency=agency, name=name, kind=kind, raw=raw, base_dir=base, primary_key=tuple(pk), timezone=tz,
+        feeds=feeds, columns=columns, district=district, units=units, schedule=raw.get("schedule"),
+    )
+
+
+def load_config(path: str | os.PathLike | None = None) -> CityConfig:
+    """Read and validate city.yaml; raises ConfigError naming the key and the fix."""
+    p = config_path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such config file; pass --config PATH, set CITYLAKE_CONFIG, "
+                          "or run `citylake generate` to create the reference city")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    data = _mapping(data, str(p))
+    base = p.parent
+    city = _mapping(_require(data, "city", "city.yaml", "add a city: block with name and timezone"), "city")
+    name = str(_require(city, "name", "city", "the city's name, e.g. name: Riverton"))
+    tz = _check_timezone(_require(city, "timezone", "city", "an IANA zone, e.g. timezone: America/Chicago"),
+                         "city.timezone")
+    lake = _mapping(_require(data, "lake", "city.yaml", "add lake: {root: ./lake}"), "lake")
+    root = resolve_path(base, str(_require(lake, "root", "lake", "a folder or s3://bucket/prefix")))
+    if "catalog" in data:
+        catalog = Path(resolve_path(base, str(data["catalog"])))
+    elif "://" in root:
+        raise ConfigError("catalog is missing: the lake is on object storage, so name a local file for the "
+                          "analyst catalog, e.g. catalog: ./catalog.duckdb")
+    else:
+        catalog = Path(root) / "catalog.duckdb"
+    state_dir = Path(resolve_path(base, str(data.get("state_dir", "./.citylake"))))
+    districts = _mapping(_require(data, "districts", "city.yaml", "add districts: {boundaries, population}"),
+                         "districts")
+    boundaries = Path(resolve_path(base, str(_require(districts, "boundaries", "districts",
+                                                      "a GeoJSON file, one feature per district"))))
+    population = Path(resolve_path(base, str(_require(districts, "population", "districts",
+                                                      "a CSV with columns code, population, year"))))
+    for key, f in (("districts.boundaries", boundaries), ("districts.population", population)):
+        if not f.exists():
+            raise ConfigError(f"{key}: {f} does not exist; fix the path (relative to {base})")
+    refs = {}
+    for key, value in _mapping(data.get("reference_data"), "reference_data").items():
+        if key not in ("district_crosswalk", "service_categories", "waste_streams"):
+            raise ConfigError(f"reference_data.{key}: unknown; use district_crosswalk, service_categories "
+                              "or waste_streams")
+        refs[key] = Path(resolve_path(base, str(value)))
+        if not refs[key].exists():
+            raise ConfigError(f"reference_data.{key}: {refs[key]} does not exist; fix the path")
+    sources = []
+    for agency, srcs in _mapping(data.get("agencies"), "agencies").items():
+        if not _NAME.match(str(agency)):
+            raise ConfigError(f"agencies.{agency}: agency names are lower_snake_case, got '{agency}'")
+        for sname, raw in _mapping(srcs, f"agencies.{agency}").items():
+            sources.append(_parse_source(str(agency), str(sname), raw, base, tz))
+    if not sources:
+        raise ConfigError("agencies: no sources declared; add at least one agency source")
+    return CityConfig(
+        path=p, name=name, timezone=tz, lake_root=root, catalog_path=catalog, state_dir=state_dir,
+        boundaries=boundaries, code_property=str(districts.get("code_property", "code")),
+        name_property=str(districts.get("name_property", "name")), population=population,
+        reference_data=refs, simulators=_mapping(data.get("simulators"), "simulators"), sources=tuple(sources),
+    )

@@ -1,0 +1,76 @@
+"""Readers for each source kind. Each yields `Landing`s: rows as read plus the rows it could not read.
+
+A connector only reads; what lands in bronze, what goes to quarantine and when a cursor moves is
+decided once, in `orchestration.ingest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from orchestration.config import Source
+
+
+@dataclass
+class Rejected:
+    """A record that could not be read: the raw text or object, and why."""
+
+    record: str
+    reason: str
+    location: str
+
+
+@dataclass
+class Landing:
+    """One unit of loading: a batch of a table, a page set of an API, or one whole file."""
+
+    rows: pa.Table
+    rejected: list[Rejected] = field(default_factory=list)
+    #: for files: the file this landing replaces in bronze (path) and its checksum
+    file: str | None = None
+    checksum: str | None = None
+
+
+def text_table(records: list[dict[str, Any]]) -> pa.Table:
+    """Records as an all-text Arrow table: semi-structured files land as received, typed in staging."""
+    import json
+
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r))
+
+    def text(v: Any) -> str | None:
+        if v is None:
+            return None
+        if isinstance(v, (dict, list)):
+            return json.dumps(v, sort_keys=True)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if hasattr(v, "isoformat"):
+            return v.isoformat()
+        return str(v)
+
+    return pa.table({n: pa.array([text(r.get(n)) for r in records], pa.string()) for n in names})
+
+
+def read_source(source: Source, cursor: Any | None, loaded_files: set[tuple[str, str]]) -> Iterator[Landing]:
+    """Read a source past `cursor` (None: from the start), in bounded batches; files skip `loaded_files`."""
+    if source.kind in ("postgres", "mysql", "sqlite"):
+        from orchestration.connectors.sql import read_sql
+
+        yield from read_sql(source, cursor)
+    elif source.kind == "http_json":
+        from orchestration.connectors.http_json import read_http_json
+
+        yield from read_http_json(source, cursor)
+    elif source.kind == "files":
+        from orchestration.connectors.files import read_files
+
+        yield from read_files(source, loaded_files)
+    else:
+        raise NotImplementedError(f"{source.where}: kind '{source.kind}' has no connector in this version "
+                                  "(the MQTT subscriber is tracked as its own issue)")

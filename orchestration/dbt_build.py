@@ -1,0 +1,323 @@
+"""The per-city dbt project: dbt_project/ plus what city.yaml says, built under <state_dir>/dbt.
+
+citylake's dbt project is shared code; a city adds (1) one staging model per source with `feeds:`,
+rendered from its `columns:`, `district:`, `units:` and `timezone:` keys, (2) one union model per
+conformed entity, (3) its districts, population and reference data as seeds, (4) a profile pointing at
+the city's warehouse file and (5) vars (the city's time zone). Rendering is deterministic; `dbt parse`
+runs again only when the rendered project changed.
+
+A hand-written `dbt_project/models/staging/<agency>/stg_<agency>__<source>.sql` takes over from the
+generated model for a source too odd for a mapping (it must return the same columns).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+from orchestration.config import CityConfig, Source
+from orchestration.entities import ENTITIES, Entity
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+GENERATED = Path("models") / "staging" / "_generated"
+GENERATED_UNIONS = Path("models") / "intermediate" / "_generated"
+CITY_SEEDS = ("city_districts", "city_population")
+
+
+@functools.cache
+def known_units() -> frozenset[tuple[str, str]]:
+    """(quantity, unit) pairs that unit_conversions.csv converts to the conformed unit."""
+    with open(PROJECT_DIR / "seeds" / "unit_conversions.csv", newline="") as f:
+        return frozenset((r["quantity"], r["from_unit"]) for r in csv.DictReader(f))
+
+
+def _unit_factor(quantity: str, unit: str) -> float:
+    with open(PROJECT_DIR / "seeds" / "unit_conversions.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if (r["quantity"], r["from_unit"]) == (quantity, unit):
+                return float(r["factor"])
+    raise KeyError((quantity, unit))
+
+
+def staging_model_name(source: Source) -> str:
+    return f"stg_{source.agency}__{source.name}"
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_ ]*$")
+
+
+def _expr(mapping: str) -> str:
+    """A `columns:` value: a source column name (letters, digits, _ and spaces, as real exports have:
+    "Created Date") is quoted; a double-quoted name is kept; anything else is a SQL expression."""
+    if _COLUMN.match(mapping):
+        return '"' + mapping + '"'
+    return mapping
+
+
+def render_staging(source: Source) -> str:
+    """The generated staging model of a source that feeds a conformed entity."""
+    entity: Entity = ENTITIES[source.feeds]
+    key = " || '|' || ".join(f'coalesce(cast("{k}" as varchar), \'\')' for k in source.primary_key)
+    raw_lines = [f"        cast({_expr(source.columns[c.name])} as varchar) as {c.name}__raw"
+                 for c in entity.columns if c.name in source.columns]
+    typed, reasons = [], []
+    for c in entity.columns:
+        if c.name not in source.columns:
+            typed.append(f"        cast(null as {c.type}) as {c.name}")
+            continue
+        raw = f"{c.name}__raw"
+        if c.type == "TIMESTAMPTZ":
+            value = f"{{{{ citylake_to_utc('{raw}', '{source.timezone}') }}}}"
+            readable = value
+        else:
+            readable = f"try_cast({raw} as {c.type})"
+            value = readable
+            unit = source.units.get(c.quantity or c.name)
+            if unit:
+                factor = _unit_factor(c.quantity or c.name, unit)
+                value = f"{readable} * {factor!r}" if factor != 1 else readable
+        typed.append(f"        {value} as {c.name}")
+        if c.required:
+            reasons.append(f"case when {raw} is null or trim({raw}) = '' then 'missing {c.name}' end")
+        reasons.append(f"case when {raw} is not null and trim({raw}) <> '' and {readable} is null "
+                       f"then '{c.name}: cannot read ''' || {raw} || ''' as {c.type.lower()}' end")
+        if c.min is not None or c.max is not None:
+            lo = "-inf" if c.min is None else repr(c.min)
+            hi = "inf" if c.max is None else repr(c.max)
+            cond = " or ".join(p for p in (
+                f"{c.name} < {c.min!r}" if c.min is not None else "",
+                f"{c.name} > {c.max!r}" if c.max is not None else "") if p)
+            reasons.append(f"case when {cond} then '{c.name} out of range [{lo}, {hi}]: ' || {c.name} end")
+    method = source.district.get("from")
+    if method == "coordinates":
+        district = [f"        cast(null as varchar) as district_value",
+                    f"        try_cast(cast({_expr(source.district['lat'])} as varchar) as double) as district_lat",
+                    f"        try_cast(cast({_expr(source.district['lon'])} as varchar) as double) as district_lon"]
+    else:
+        value = f"nullif(trim(cast({_expr(source.district['column'])} as varchar)), '')" if method else "null"
+        district = [f"        cast({value} as varchar) as district_value",
+                    "        cast(null as double) as district_lat", "        cast(null as double) as district_lon"]
+    sep = ",\n"
+    cols = sep.join(f"        {c.name}" for c in entity.columns)
+    reason_sql = ",\n            ".join(reasons) or "null"
+    mapped_cols = sep.join(district + raw_lines)
+    typed_cols = sep.join(typed)
+    return f"""-- Generated by citylake from {source.where} in city.yaml. Do not edit: change city.yaml, or
+-- write models/staging/{source.agency}/{staging_model_name(source)}.sql to take over this source.
+with source as (
+
+    select * from {{{{ source('bronze_{source.agency}', '{source.name}') }}}}
+
+),
+
+latest as (
+
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version
+    select * from source
+    qualify row_number() over (partition by {key} order by _ingested_at desc) = 1
+
+),
+
+mapped as (
+
+    select
+        {key} as record_key,
+        _ingested_at as ingested_at,
+{mapped_cols}
+    from latest
+
+),
+
+typed as (
+
+    select
+        *,
+{typed_cols}
+    from mapped
+
+),
+
+final as (
+
+    select
+        {_sql_str(source.agency)} as agency,
+        {_sql_str(source.name)} as source_name,
+        record_key,
+        ingested_at,
+{cols},
+        {_sql_str(method or "none")} as district_method,
+        district_value,
+        district_lat,
+        district_lon,
+        coalesce(
+            {reason_sql}
+        ) as reject_reason
+    from typed
+
+)
+
+select * from final
+"""
+
+
+def render_union(entity: Entity, sources: list[Source]) -> str:
+    """All staging models feeding one entity, stacked (an empty typed relation when none does)."""
+    if not sources:
+        cols = ",\n".join(f"    cast(null as {c.type}) as {c.name}" for c in entity.columns)
+        return f"""-- Generated by citylake: no source in city.yaml feeds {entity.name}.
+select
+    cast(null as varchar) as agency,
+    cast(null as varchar) as source_name,
+    cast(null as varchar) as record_key,
+    cast(null as timestamptz) as ingested_at,
+{cols},
+    cast(null as varchar) as district_method,
+    cast(null as varchar) as district_value,
+    cast(null as double) as district_lat,
+    cast(null as double) as district_lon,
+    cast(null as varchar) as reject_reason
+where false
+"""
+    parts = "\n\nunion all by name\n\n".join(
+        f"select * from {{{{ ref('{staging_model_name(s)}') }}}}" for s in sources)
+    return f"-- Generated by citylake: every source in city.yaml that feeds {entity.name}.\n{parts}\n"
+
+
+def render_sources(cfg: CityConfig) -> dict:
+    by_agency: dict[str, list[Source]] = {}
+    for s in cfg.sources:
+        by_agency.setdefault(s.agency, []).append(s)
+    from orchestration import lake
+
+    sources = []
+    for agency, srcs in by_agency.items():
+        tables = []
+        for s in srcs:
+            uri = lake.bronze_uri(cfg, agency, s.name)
+            meta = {"delta_table_path": uri}
+            if lake.storage_options(uri):
+                meta["storage_options"] = lake.storage_options(uri)
+            tables.append({"name": s.name, "description": f"Bronze Delta table of {s.where} ({s.kind}).",
+                           "meta": meta})
+        sources.append({"name": f"bronze_{agency}", "description": f"Bronze tables of the {agency} agency.",
+                        "meta": {"plugin": "delta"}, "tables": tables})
+    return {"version": 2, "sources": sources}
+
+
+def _district_rows(cfg: CityConfig) -> list[dict]:
+    from shapely.geometry import shape
+
+    with open(cfg.boundaries, encoding="utf-8") as f:
+        fc = json.load(f)
+    rows = []
+    for i, feat in enumerate(fc.get("features", [])):
+        props = feat.get("properties") or {}
+        if cfg.code_property not in props:
+            raise ValueError(f"{cfg.boundaries}: feature {i} has no property '{cfg.code_property}'; set "
+                             f"districts.code_property to the property that holds the district code")
+        geom = shape(feat["geometry"])
+        lat0 = math.radians(geom.centroid.y)
+        # local equirectangular projection: good to well under 1 % at city scale
+        km2 = geom.area * 111.32 * math.cos(lat0) * 110.574
+        rows.append({"code": str(props[cfg.code_property]).strip(),
+                     "name": str(props.get(cfg.name_property) or props[cfg.code_property]).strip(),
+                     "area_km2": round(km2, 4), "geometry_wkt": geom.wkt})
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict], header: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def build_project(cfg: CityConfig) -> Path:
+    """Render the city's dbt project under <state_dir>/dbt and parse it when it changed."""
+    out = cfg.state_dir / "dbt"
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("models", "seeds", "macros", "tests"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+        if (PROJECT_DIR / sub).exists():
+            shutil.copytree(PROJECT_DIR / sub, out / sub)
+    project = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())
+    project["vars"] = {"city_timezone": cfg.timezone, "city_name": cfg.name}
+    (out / "dbt_project.yml").write_text(yaml.safe_dump(project, sort_keys=False))
+    profile = {"citylake": {"target": "city", "outputs": {"city": {
+        "type": "duckdb", "path": str(cfg.state_dir / "warehouse.duckdb"), "threads": 1,
+        "plugins": [{"module": "delta"}], "settings": {"TimeZone": "UTC"}}}}}
+    (out / "profiles.yml").write_text(yaml.safe_dump(profile, sort_keys=False))
+
+    seeds = out / "seeds"
+    _write_csv(seeds / "city_districts.csv", _district_rows(cfg), ["code", "name", "area_km2", "geometry_wkt"])
+    with open(cfg.population, newline="", encoding="utf-8-sig") as f:
+        pop = list(csv.DictReader(f))
+    if pop and not {"code", "population", "year"} <= set(pop[0]):
+        raise ValueError(f"districts.population: {cfg.population} needs columns code, population, year; "
+                         f"it has {', '.join(pop[0])}")
+    _write_csv(seeds / "city_population.csv", [{k: r[k] for k in ("code", "population", "year")} for r in pop],
+               ["code", "population", "year"])
+    for name, path in cfg.reference_data.items():
+        shutil.copyfile(path, seeds / f"{name}.csv")
+
+    gen = out / GENERATED
+    gen.mkdir(parents=True, exist_ok=True)
+    (gen / "_generated__sources.yml").write_text(yaml.safe_dump(render_sources(cfg), sort_keys=False))
+    feeding: dict[str, list[Source]] = {e: [] for e in ENTITIES}
+    for s in cfg.sources:
+        if not s.feeds:
+            continue
+        feeding[s.feeds].append(s)
+        hand = PROJECT_DIR / "models" / "staging" / s.agency / f"{staging_model_name(s)}.sql"
+        if not hand.exists():
+            (gen / f"{staging_model_name(s)}.sql").write_text(render_staging(s))
+    unions = out / GENERATED_UNIONS
+    unions.mkdir(parents=True, exist_ok=True)
+    for name, entity in ENTITIES.items():
+        (unions / f"int_{name}__unioned.sql").write_text(render_union(entity, feeding[name]))
+    parse_if_changed(out)
+    return out
+
+
+def _fingerprint(project: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(project.rglob("*")):
+        if p.is_file() and "target" not in p.relative_to(project).parts and p.name != ".fingerprint":
+            h.update(str(p.relative_to(project)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def parse_if_changed(project: Path) -> None:
+    """Write target/manifest.json (what dagster-dbt loads) unless the project is unchanged."""
+    stamp = project / "target" / ".fingerprint"
+    fp = _fingerprint(project)
+    if stamp.exists() and (project / "target" / "manifest.json").exists() and stamp.read_text() == fp:
+        return
+    dbt_env()
+    from dbt.cli.main import dbtRunner
+
+    res = dbtRunner().invoke(["parse", "--quiet", "--project-dir", str(project), "--profiles-dir", str(project)])
+    if not res.success:
+        raise RuntimeError(f"dbt parse failed for {project}: {res.exception}")
+    stamp.write_text(fp)
+
+
+def dbt_env() -> None:
+    """No network at run time: dbt's anonymous usage stats off."""
+    os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    os.environ.setdefault("DBT_NO_VERSION_CHECK", "true")

@@ -1,0 +1,21 @@
+"""The citylake code location: everything under orchestration/defs/, plus project-wide policy.
+
+Each folder under defs/ registers its own definitions (bronze sources, dbt models, quality gates,
+publication), so adding a domain never means editing a central list. Policy applied once here:
+the in-process executor (the steps are light; a process per step costs seconds each).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+defs = dg.Definitions.merge(
+    dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+    dg.Definitions(executor=dg.in_process_executor),
+)

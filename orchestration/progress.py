@@ -1,0 +1,41 @@
+"""A Dagster logger for terminals: one line per finished step or asset, instead of Dagster's full log."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import dagster as dg
+
+_SHOWN = {"ASSET_MATERIALIZATION", "STEP_FAILURE", "ASSET_CHECK_EVALUATION", "STEP_UP_FOR_RETRY"}
+
+
+class ProgressHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.start = time.perf_counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "dagster_meta", {}).get("dagster_event")
+        if event is None or event.event_type_value not in _SHOWN:
+            return
+        elapsed = f"[{time.perf_counter() - self.start:6.1f}s]"
+        kind = event.event_type_value
+        if kind == "ASSET_MATERIALIZATION":
+            line = f"{elapsed} materialized {event.asset_key.to_user_string()}"
+        elif kind == "ASSET_CHECK_EVALUATION":
+            ev = event.event_specific_data.evaluation
+            if ev.passed:
+                return
+            line = f"{elapsed} CHECK FAILED {ev.asset_key.to_user_string()}:{ev.check_name} {ev.description or ''}"
+        else:
+            line = f"{elapsed} {kind.replace('_', ' ').lower()} {event.step_key}: {event.message or ''}"
+        print(line, file=sys.stderr, flush=True)
+
+
+@dg.logger(description="One line per materialized asset, failed check or failed step")
+def progress_logger(_init_context) -> logging.Logger:
+    log = logging.Logger("citylake", level=logging.INFO)
+    log.addHandler(ProgressHandler())
+    return log

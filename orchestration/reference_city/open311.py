@@ -1,0 +1,160 @@
+"""A tiny Open311 GeoReport v2-style server for the reference city's service requests (loopback, stdlib).
+
+GET /open311/v2/requests.json?page=&page_size=&updated_after=  -> a page of requests ordered by
+(updated_datetime, service_request_id); GET /open311/v2/services.json -> the service list.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 5000
+
+
+def _instant(text: str) -> datetime:
+    """Parse ISO 8601; a value without an offset is taken as UTC."""
+    ts = datetime.fromisoformat(text)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+class _Store:
+    """The requests file, parsed and sorted once, reloaded when the file changes on disk."""
+
+    def __init__(self, requests_path: Path) -> None:
+        self.path = Path(requests_path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._rows: list[tuple[datetime, dict]] = []
+
+    def rows(self) -> list[tuple[datetime, dict]]:
+        stat = self.path.stat()
+        with self._lock:
+            if self._stamp != (stat.st_mtime_ns, stat.st_size):
+                requests = json.loads(self.path.read_text())
+                keyed = [(_instant(r["updated_datetime"]), r) for r in requests]
+                keyed.sort(key=lambda kr: (kr[0], kr[1]["service_request_id"]))
+                self._rows, self._stamp = keyed, (stat.st_mtime_ns, stat.st_size)
+            return self._rows
+
+    def services(self) -> list[dict]:
+        path = self.path.parent / "services.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        # Without a services file, describe the codes that occur in the requests.
+        seen = {r["service_code"]: r.get("service_name") for _, r in self.rows()}
+        return [
+            {"service_code": c, "service_name": n, "metadata": False, "type": "realtime"}
+            for c, n in seen.items()
+        ]
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int, lo: int, hi: int | None = None) -> int:
+    raw = query.get(name, [str(default)])[-1]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadRequest(f"{name} must be an integer") from None
+    if value < lo:
+        raise _BadRequest(f"{name} must be >= {lo}")
+    return min(value, hi) if hi is not None else value
+
+
+def _page(store: _Store, query: dict[str, list[str]]) -> list[dict]:
+    page = _int_param(query, "page", 1, 1)
+    size = _int_param(query, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    rows = store.rows()
+    if "updated_after" in query:
+        try:
+            after = _instant(query["updated_after"][-1])
+        except ValueError:
+            raise _BadRequest("updated_after must be ISO 8601") from None
+        rows = [kr for kr in rows if kr[0] > after]
+    return [r for _, r in rows[(page - 1) * size : page * size]]
+
+
+def _handler(store: _Store) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            query = parse_qs(url.query)
+            try:
+                if url.path == "/open311/v2/requests.json":
+                    self._send(200, _page(store, query))
+                elif url.path == "/open311/v2/services.json":
+                    self._send(200, store.services())
+                else:
+                    self._send(404, {"code": 404, "description": f"no such resource: {url.path}"})
+            except _BadRequest as exc:
+                self._send(400, {"code": 400, "description": str(exc)})
+
+        def _send(self, status: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Stay quiet: no per-request lines on stderr."""
+
+    return Handler
+
+
+@dataclass
+class Open311Server:
+    """A running server: `url` is the base, e.g. http://127.0.0.1:8311."""
+
+    host: str
+    port: int
+    httpd: ThreadingHTTPServer
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _make_server(requests_path: Path, host: str, port: int) -> ThreadingHTTPServer:
+    httpd = ThreadingHTTPServer((host, port), _handler(_Store(requests_path)))
+    httpd.daemon_threads = True
+    return httpd
+
+
+@contextmanager
+def running_open311(
+    requests_path: Path, host: str = "127.0.0.1", port: int = 8311
+) -> Iterator[Open311Server]:
+    """Serve requests_path in a background thread for the duration of the block (port=0: any free port)."""
+    httpd = _make_server(requests_path, host, port)
+    thread = threading.Thread(target=httpd.serve_forever, name="open311", daemon=True)
+    thread.start()
+    try:
+        yield Open311Server(host=host, port=httpd.server_address[1], httpd=httpd)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def serve_open311(requests_path: Path, host: str = "127.0.0.1", port: int = 8311) -> None:
+    """Serve requests_path until interrupted (for a CLI)."""
+    httpd = _make_server(requests_path, host, port)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
