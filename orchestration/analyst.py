@@ -29,8 +29,12 @@ class QueryError(RuntimeError):
 def tables(catalog: Path) -> list[str]:
     con = duckdb.connect(str(catalog), read_only=True)
     try:
-        return [r[0] for r in con.execute("select table_name from information_schema.tables "
-                                           "where table_schema = 'main' order by 1").fetchall()]
+        return [
+            r[0]
+            for r in con.execute(
+                "select table_name from information_schema.tables where table_schema = 'main' order by 1"
+            ).fetchall()
+        ]
     finally:
         con.close()
 
@@ -41,8 +45,10 @@ def run_query(catalog: Path, sql: str, fmt: str = "table", limit: int | None = N
         raise QueryError(f"{catalog} does not exist yet: run `citylake run` (or `make demo`) to publish it")
     words = _REFUSED.search(_STRINGS.sub(" ", sql))
     if words:
-        raise QueryError(f"refused: `{words.group(1).upper()}` is not allowed; citylake sql is read-only "
-                         "(select / with / describe / show / summarize only)")
+        raise QueryError(
+            f"refused: `{words.group(1).upper()}` is not allowed; citylake sql is read-only "
+            "(select / with / describe / show / summarize only)"
+        )
     con = duckdb.connect(str(catalog), read_only=True, config={"enable_external_access": False})
     try:
         rel = con.sql(sql)

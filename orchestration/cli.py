@@ -24,8 +24,13 @@ import click
 
 from orchestration.config import CityConfig, ConfigError, config_path, load_config
 
-CONFIG_OPTION = click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-                             help="city.yaml to use (default: $CITYLAKE_CONFIG, else ./city.yaml)")
+CONFIG_OPTION = click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="city.yaml to use (default: $CITYLAKE_CONFIG, else ./city.yaml)",
+)
 
 
 def _load(config: str | None) -> CityConfig:
@@ -60,13 +65,19 @@ def simulators(cfg: CityConfig) -> Iterator[None]:
             except OSError as exc:
                 raise click.ClickException(
                     f"simulators.open311: cannot listen on 127.0.0.1:{open311.get('port', 8311)} ({exc}); "
-                    "another citylake (or `make dev`) may be serving it; stop it or change the port") from None
+                    "another citylake (or `make dev`) may be serving it; stop it or change the port"
+                ) from None
         yield
 
 
 @click.group(help=__doc__)
 def main() -> None:
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    # libraries log at INFO through the root logger; the terminal gets citylake's own progress lines
+    logging.basicConfig(level=logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+    for name in ("dagster", "great_expectations"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @main.command()
@@ -75,8 +86,12 @@ def main() -> None:
 @click.option("--days", type=int, default=90, show_default=True, help="days of history")
 @click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default="2025-01-01", show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="where to write (default: reference_city/ beside the config file)")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="where to write (default: reference_city/ beside the config file)",
+)
 def generate(config: str | None, scale: float, days: int, start: dt.datetime, seed: int, out: str | None) -> None:
     """Write the reference city's agency sources, deterministic from the seed."""
     from orchestration.reference_city import generate as gen
@@ -85,9 +100,11 @@ def generate(config: str | None, scale: float, days: int, start: dt.datetime, se
     t0 = time.perf_counter()
     summary = gen(target, scale=scale, days=days, start=start.date(), seed=seed)
     total = sum(v["clean"] + v["bad"] for v in summary["sources"].values())
-    click.echo(f"Generated Riverton at scale {scale:g}, {days} days from {start.date()} into {target}: "
-               f"{total:,} records in {len(summary['sources'])} sources, {summary['bad_records']} deliberately "
-               f"bad ({time.perf_counter() - t0:.1f} s)")
+    click.echo(
+        f"Generated Riverton at scale {scale:g}, {days} days from {start.date()} into {target}: "
+        f"{total:,} records in {len(summary['sources'])} sources, {summary['bad_records']} deliberately "
+        f"bad ({time.perf_counter() - t0:.1f} s)"
+    )
 
 
 def run_assets(cfg: CityConfig, select: str | None) -> bool:
@@ -103,30 +120,56 @@ def run_assets(cfg: CityConfig, select: str | None) -> bool:
     if select:
         try:
             keys = list(dg.AssetSelection.from_string(select).resolve(graph))
-        except Exception as exc:  # Dagster raises several types for a bad selection string
+        except Exception as exc:  # noqa: BLE001 - Dagster raises several types for a bad selection string
             raise click.ClickException(f"--select {select!r}: {exc}") from None
         if not keys:
             raise click.ClickException(f"--select {select!r} matches no asset; see `dagster asset list` or the UI")
     n = len(keys) if keys is not None else len(graph.get_all_asset_keys())
-    click.echo(f"Running {n} assets of {cfg.name} through Dagster (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
-    with simulators(cfg), dg.DagsterInstance.get() as instance:
+    log_dir = cfg.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"run-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
+    click.echo(
+        f"Running {n} assets of {cfg.name} through Dagster (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); "
+        f"dbt's full log: {log_path}"
+    )
+    # dbt's own lines go to the log file (and to the Dagster UI); the terminal shows one line per asset
+    with (
+        simulators(cfg),
+        dg.DagsterInstance.get() as instance,
+        open(log_path, "w") as log,
+        contextlib.redirect_stdout(log),
+    ):
         result = job.with_logger_defs({"progress": progress_logger}).execute_in_process(
-            instance=instance, asset_selection=keys, raise_on_error=False,
-            run_config={"loggers": {"progress": {}}})
-    failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"
-              or (e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed)]
+            instance=instance, asset_selection=keys, raise_on_error=False, run_config={"loggers": {"progress": {}}}
+        )
+    failed = [
+        e
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE"
+        or (e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed)
+    ]
     for e in failed:
         data = e.event_specific_data
-        why = data.error.message.strip() if getattr(data, "error", None) else (getattr(data, "description", "") or "")
+        why = _root_cause(data.error) if getattr(data, "error", None) else (getattr(data, "description", "") or "")
         click.echo(f"  FAILED {e.step_key or ''}: {why}", err=True)
     click.echo(f"Run {result.run_id} {'succeeded' if result.success and not failed else 'FAILED'}.")
     return result.success and not failed
 
 
+def _root_cause(error) -> str:
+    """The innermost error of a Dagster step failure: the one that says what went wrong."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 @main.command()
 @CONFIG_OPTION
-@click.option("--select", default=None, help="Dagster asset selection, e.g. 'bronze/transport/ridership' or "
-              "'key:marts/*'; default: everything")
+@click.option(
+    "--select",
+    default=None,
+    help="Dagster asset selection, e.g. 'bronze/transport/ridership' or 'key:marts/*'; default: everything",
+)
 def run(config: str | None, select: str | None) -> None:
     """Materialize assets through Dagster (same code path as the UI)."""
     cfg = _load(config)
@@ -165,7 +208,7 @@ def sql(config: str | None, query: str | None, file, fmt: str, limit: int | None
     cfg = _load(config)
     text = file.read() if file else query
     if not text:
-        raise click.ClickException("give a query: citylake sql \"select ...\" or citylake sql -f query.sql")
+        raise click.ClickException('give a query: citylake sql "select ..." or citylake sql -f query.sql')
     try:
         click.echo(run_query(cfg.catalog_path, text, fmt=fmt, limit=limit), nl=False)
     except QueryError as exc:
@@ -198,8 +241,19 @@ def dev(config: str | None, port: int) -> None:
     cfg = _load(config)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     with simulators(cfg):
-        subprocess.run([str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(workspace),
-                        "-h", "127.0.0.1", "-p", str(port)], check=False)
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("dagster")),
+                "dev",
+                "-w",
+                str(workspace),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            check=False,
+        )
 
 
 if __name__ == "__main__":

@@ -191,14 +191,16 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
     if isinstance(pk, str):
         pk = [pk]
     if not pk or not isinstance(pk, list) or not all(isinstance(c, str) and c for c in pk):
-        raise ConfigError(f"{where}.primary_key is missing: list the source columns that identify a record, "
-                          "e.g. primary_key: [stop_id, service_date]")
+        raise ConfigError(
+            f"{where}.primary_key is missing: list the source columns that identify a record, "
+            "e.g. primary_key: [stop_id, service_date]"
+        )
     if kind in ("postgres", "mysql"):
         _require(raw, "dsn", where, "the connection string, e.g. dsn: ${TRANSPORT_DB_DSN}")
     if kind == "sqlite":
         _require(raw, "path", where, "the SQLite database file, e.g. path: ./data/transport.sqlite")
     if kind in ("postgres", "mysql", "sqlite") and not (raw.get("table") or raw.get("query")):
-        raise ConfigError(f"{where}: set table: (e.g. public.daily_ridership) or query: \"select ...\"")
+        raise ConfigError(f'{where}: set table: (e.g. public.daily_ridership) or query: "select ..."')
     if kind == "http_json":
         _require(raw, "url", where, "the endpoint, e.g. url: http://127.0.0.1:8311/open311/v2/requests.json")
     if kind == "files":
@@ -224,8 +226,9 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
                 raise ConfigError(f"{where}.columns.{col}: {feeds} has no column '{col}'; its columns are {names}")
         missing = [c for c in entity.required if c not in columns]
         if missing:
-            raise ConfigError(f"{where}.columns: {feeds} needs {', '.join(missing)}; map each to a source column "
-                              "or a SQL expression")
+            raise ConfigError(
+                f"{where}.columns: {feeds} needs {', '.join(missing)}; map each to a source column or a SQL expression"
+            )
     elif columns:
         raise ConfigError(f"{where}.columns is set but feeds: is not; name the entity the columns fill")
     if district:
@@ -240,11 +243,23 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
 
     for quantity, unit in units.items():
         if (quantity, unit) not in known_units():
-            raise ConfigError(f"{where}.units.{quantity}: no conversion from '{unit}' to the conformed unit; "
-                              "add a row to dbt_project/seeds/unit_conversions.csv")
+            raise ConfigError(
+                f"{where}.units.{quantity}: no conversion from '{unit}' to the conformed unit; "
+                "add a row to dbt_project/seeds/unit_conversions.csv"
+            )
     return Source(
-        agency=agency, name=name, kind=kind, raw=raw, base_dir=base, primary_key=tuple(pk), timezone=tz,
-        feeds=feeds, columns=columns, district=district, units=units, schedule=raw.get("schedule"),
+        agency=agency,
+        name=name,
+        kind=kind,
+        raw=raw,
+        base_dir=base,
+        primary_key=tuple(pk),
+        timezone=tz,
+        feeds=feeds,
+        columns=columns,
+        district=district,
+        units=units,
+        schedule=raw.get("schedule"),
     )
 
 
@@ -252,8 +267,10 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
     """Read and validate city.yaml; raises ConfigError naming the key and the fix."""
     p = config_path(path)
     if not p.exists():
-        raise ConfigError(f"{p}: no such config file; pass --config PATH, set CITYLAKE_CONFIG, "
-                          "or run `citylake generate` to create the reference city")
+        raise ConfigError(
+            f"{p}: no such config file; pass --config PATH, set CITYLAKE_CONFIG, "
+            "or run `citylake generate` to create the reference city"
+        )
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -262,32 +279,43 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
     base = p.parent
     city = _mapping(_require(data, "city", "city.yaml", "add a city: block with name and timezone"), "city")
     name = str(_require(city, "name", "city", "the city's name, e.g. name: Riverton"))
-    tz = _check_timezone(_require(city, "timezone", "city", "an IANA zone, e.g. timezone: America/Chicago"),
-                         "city.timezone")
+    tz = _check_timezone(
+        _require(city, "timezone", "city", "an IANA zone, e.g. timezone: America/Chicago"), "city.timezone"
+    )
     lake = _mapping(_require(data, "lake", "city.yaml", "add lake: {root: ./lake}"), "lake")
     root = resolve_path(base, str(_require(lake, "root", "lake", "a folder or s3://bucket/prefix")))
     if "catalog" in data:
         catalog = Path(resolve_path(base, str(data["catalog"])))
     elif "://" in root:
-        raise ConfigError("catalog is missing: the lake is on object storage, so name a local file for the "
-                          "analyst catalog, e.g. catalog: ./catalog.duckdb")
+        raise ConfigError(
+            "catalog is missing: the lake is on object storage, so name a local file for the "
+            "analyst catalog, e.g. catalog: ./catalog.duckdb"
+        )
     else:
         catalog = Path(root) / "catalog.duckdb"
     state_dir = Path(resolve_path(base, str(data.get("state_dir", "./.citylake"))))
-    districts = _mapping(_require(data, "districts", "city.yaml", "add districts: {boundaries, population}"),
-                         "districts")
-    boundaries = Path(resolve_path(base, str(_require(districts, "boundaries", "districts",
-                                                      "a GeoJSON file, one feature per district"))))
-    population = Path(resolve_path(base, str(_require(districts, "population", "districts",
-                                                      "a CSV with columns code, population, year"))))
+    districts = _mapping(
+        _require(data, "districts", "city.yaml", "add districts: {boundaries, population}"), "districts"
+    )
+    boundaries = Path(
+        resolve_path(
+            base, str(_require(districts, "boundaries", "districts", "a GeoJSON file, one feature per district"))
+        )
+    )
+    population = Path(
+        resolve_path(
+            base, str(_require(districts, "population", "districts", "a CSV with columns code, population, year"))
+        )
+    )
     for key, f in (("districts.boundaries", boundaries), ("districts.population", population)):
         if not f.exists():
             raise ConfigError(f"{key}: {f} does not exist; fix the path (relative to {base})")
     refs = {}
     for key, value in _mapping(data.get("reference_data"), "reference_data").items():
         if key not in ("district_crosswalk", "service_categories", "waste_streams"):
-            raise ConfigError(f"reference_data.{key}: unknown; use district_crosswalk, service_categories "
-                              "or waste_streams")
+            raise ConfigError(
+                f"reference_data.{key}: unknown; use district_crosswalk, service_categories or waste_streams"
+            )
         refs[key] = Path(resolve_path(base, str(value)))
         if not refs[key].exists():
             raise ConfigError(f"reference_data.{key}: {refs[key]} does not exist; fix the path")
@@ -300,8 +328,17 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
     if not sources:
         raise ConfigError("agencies: no sources declared; add at least one agency source")
     return CityConfig(
-        path=p, name=name, timezone=tz, lake_root=root, catalog_path=catalog, state_dir=state_dir,
-        boundaries=boundaries, code_property=str(districts.get("code_property", "code")),
-        name_property=str(districts.get("name_property", "name")), population=population,
-        reference_data=refs, simulators=_mapping(data.get("simulators"), "simulators"), sources=tuple(sources),
+        path=p,
+        name=name,
+        timezone=tz,
+        lake_root=root,
+        catalog_path=catalog,
+        state_dir=state_dir,
+        boundaries=boundaries,
+        code_property=str(districts.get("code_property", "code")),
+        name_property=str(districts.get("name_property", "name")),
+        population=population,
+        reference_data=refs,
+        simulators=_mapping(data.get("simulators"), "simulators"),
+        sources=tuple(sources),
     )

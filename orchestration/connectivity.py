@@ -43,5 +43,5 @@ def check_source(source: Source) -> tuple[bool, str]:
         return False, f"kind {source.kind} has no connector in this version"
     except ConfigError as exc:
         return False, str(exc)
-    except Exception as exc:  # any driver error: report it, redacted, and go on to the next source
+    except Exception as exc:  # noqa: BLE001 - any driver error: report it, redacted, go on to the next source
         return False, redact(f"{type(exc).__name__}: {exc}", source)

@@ -79,8 +79,10 @@ def split_keys(table: pa.Table, keys: tuple[str, ...], location: str) -> tuple[p
     """Drop rows with a missing key or a key repeated within the landing (first kept) into rejects."""
     missing_cols = [k for k in keys if k not in table.column_names]
     if missing_cols and table.num_rows:
-        raise ValueError(f"primary key column(s) {', '.join(missing_cols)} not in the source; it has "
-                         f"{', '.join(table.column_names)}. Fix primary_key in city.yaml")
+        raise ValueError(
+            f"primary key column(s) {', '.join(missing_cols)} not in the source; it has "
+            f"{', '.join(table.column_names)}. Fix primary_key in city.yaml"
+        )
     if table.num_rows == 0:
         return table, []
     rows = table.select(list(keys)).to_pylist()
@@ -100,7 +102,9 @@ def split_keys(table: pa.Table, keys: tuple[str, ...], location: str) -> tuple[p
         keep.append(reason is None)
         if reason:
             full = full or table.to_pylist()
-            rejected.append(Rejected(json.dumps(full[i], default=str, sort_keys=True), reason, location))
+            rejected.append(
+                Rejected(json.dumps(full[i], default=str, sort_keys=True), reason, location, record_key=key)
+            )
     return table.filter(pa.array(keep)), rejected
 
 
@@ -114,28 +118,33 @@ def _with_meta(table: pa.Table, batch: str, now: dt.datetime, landing: Landing) 
     ):
         table = table.append_column(name, arr)
     # Delta has no null type: an all-empty column lands as text
-    return table.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
-                                 for f in table.schema]))
+    return table.cast(
+        pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema])
+    )
 
 
-def _quarantine_table(source: Source, rejected: list[Rejected], batch: str, now: dt.datetime,
-                      landing: Landing) -> pa.Table:
+def _quarantine_table(
+    source: Source, rejected: list[Rejected], batch: str, now: dt.datetime, landing: Landing
+) -> pa.Table:
     def qid(r: Rejected) -> str:
         return hashlib.sha256(f"{source.key}\0{r.record}\0{r.reason}".encode()).hexdigest()
 
     n = len(rejected)
-    return pa.table({
-        "_quarantine_id": pa.array([qid(r) for r in rejected], pa.string()),
-        "agency": pa.array([source.agency] * n, pa.string()),
-        "source": pa.array([source.name] * n, pa.string()),
-        "record": pa.array([r.record for r in rejected], pa.string()),
-        "reason": pa.array([r.reason for r in rejected], pa.string()),
-        "location": pa.array([r.location for r in rejected], pa.string()),
-        "_source_file": pa.array([landing.file] * n, pa.string()),
-        "_source_checksum": pa.array([landing.checksum] * n, pa.string()),
-        "_batch": pa.array([batch] * n, pa.string()),
-        "_ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
-    })
+    return pa.table(
+        {
+            "_quarantine_id": pa.array([qid(r) for r in rejected], pa.string()),
+            "agency": pa.array([source.agency] * n, pa.string()),
+            "source": pa.array([source.name] * n, pa.string()),
+            "record_key": pa.array([r.record_key for r in rejected], pa.string()),
+            "record": pa.array([r.record for r in rejected], pa.string()),
+            "reason": pa.array([r.reason for r in rejected], pa.string()),
+            "location": pa.array([r.location for r in rejected], pa.string()),
+            "_source_file": pa.array([landing.file] * n, pa.string()),
+            "_source_checksum": pa.array([landing.checksum] * n, pa.string()),
+            "_batch": pa.array([batch] * n, pa.string()),
+            "_ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 def _loaded_files(*tables: pa.Table | None) -> set[tuple[str, str]]:
@@ -149,8 +158,7 @@ def _loaded_files(*tables: pa.Table | None) -> set[tuple[str, str]]:
     return loaded
 
 
-def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], None] = lambda _m: None
-           ) -> IngestResult:
+def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], None] = lambda _m: None) -> IngestResult:
     """Load what is new in `source` into bronze; return what was done."""
     uri = lake.bronze_uri(cfg, source.agency, source.name)
     quri = lake.quarantine_uri(cfg, source.agency, source.name)
@@ -178,15 +186,24 @@ def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], Non
             _write_quarantine(quri, _quarantine_table(source, rejected, batch, now, landing))
         result.rows_written += table.num_rows
         result.quarantined += len(rejected)
-        log(f"{source.key}: {table.num_rows} rows landed, {len(rejected)} quarantined"
-            + (f" from {landing.file}" if landing.file else ""))
+        log(
+            f"{source.key}: {table.num_rows} rows landed, {len(rejected)} quarantined"
+            + (f" from {landing.file}" if landing.file else "")
+        )
     if snapshot:
         lake.replace(uri, pa.concat_tables(snapshot, promote_options="permissive"))
     dt_ = lake.open_table(uri)
     if dt_ is None:
         # an empty source still gets its (empty) table, so dbt and analysts can read it
-        lake.replace(uri, _with_meta(pa.table({k: pa.array([], pa.string()) for k in source.primary_key}),
-                                     batch, now, Landing(rows=pa.table({}))))
+        lake.replace(
+            uri,
+            _with_meta(
+                pa.table({k: pa.array([], pa.string()) for k in source.primary_key}),
+                batch,
+                now,
+                Landing(rows=pa.table({})),
+            ),
+        )
         dt_ = lake.open_table(uri)
     if lake.open_table(quri) is None:
         _write_quarantine(quri, _quarantine_table(source, [], batch, now, Landing(rows=pa.table({}))))
@@ -205,7 +222,13 @@ def _write_quarantine(uri: str, table: pa.Table) -> None:
         write_deltalake(uri, table, mode="append", storage_options=lake.storage_options(uri))
         return
     (
-        dt_.merge(table, predicate="t._quarantine_id = s._quarantine_id", source_alias="s", target_alias="t")
+        dt_.merge(
+            table,
+            predicate="t._quarantine_id = s._quarantine_id",
+            source_alias="s",
+            target_alias="t",
+            merge_schema=True,
+        )
         .when_not_matched_insert_all()
         .execute()
     )

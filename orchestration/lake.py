@@ -66,8 +66,9 @@ def overwrite_where(uri: str, data: pa.Table, column: str, value: str) -> None:
         write_deltalake(uri, data, mode="append", storage_options=storage_options(uri))
         return
     _evolve_schema(uri, dt, data)
-    write_deltalake(uri, data, mode="overwrite", predicate=f"{column} = {_sql_literal(value)}",
-                    storage_options=storage_options(uri))
+    write_deltalake(
+        uri, data, mode="overwrite", predicate=f"{column} = {_sql_literal(value)}", storage_options=storage_options(uri)
+    )
 
 
 def replace(uri: str, data: pa.Table) -> None:
@@ -97,5 +98,10 @@ def _evolve_schema(uri: str, dt: DeltaTable, data: pa.Table) -> None:
     existing = set(dt.schema().to_arrow().names)
     new = [f for f in data.schema if f.name not in existing]
     if new:
-        write_deltalake(uri, pa.Table.from_batches([], schema=pa.schema(new)).cast(pa.schema(new)),
-                        mode="append", schema_mode="merge", storage_options=storage_options(uri))
+        write_deltalake(
+            uri,
+            pa.Table.from_batches([], schema=pa.schema(new)).cast(pa.schema(new)),
+            mode="append",
+            schema_mode="merge",
+            storage_options=storage_options(uri),
+        )

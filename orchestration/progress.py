@@ -13,29 +13,38 @@ _SHOWN = {"ASSET_MATERIALIZATION", "STEP_FAILURE", "ASSET_CHECK_EVALUATION", "ST
 
 class ProgressHandler(logging.Handler):
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.start = time.perf_counter()
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.describe(record)
+        except Exception:  # noqa: BLE001 - a progress line must never fail the step it reports on
+            self.handleError(record)
+            return
+        if line:
+            print(line, file=sys.stderr, flush=True)
+
+    def describe(self, record: logging.LogRecord) -> str | None:
         event = getattr(record, "dagster_meta", {}).get("dagster_event")
         if event is None or event.event_type_value not in _SHOWN:
-            return
+            return None
         elapsed = f"[{time.perf_counter() - self.start:6.1f}s]"
         kind = event.event_type_value
         if kind == "ASSET_MATERIALIZATION":
             line = f"{elapsed} materialized {event.asset_key.to_user_string()}"
         elif kind == "ASSET_CHECK_EVALUATION":
-            ev = event.event_specific_data.evaluation
+            ev = event.event_specific_data
             if ev.passed:
-                return
+                return None
             line = f"{elapsed} CHECK FAILED {ev.asset_key.to_user_string()}:{ev.check_name} {ev.description or ''}"
         else:
-            line = f"{elapsed} {kind.replace('_', ' ').lower()} {event.step_key}: {event.message or ''}"
-        print(line, file=sys.stderr, flush=True)
+            line = f"{elapsed} {kind.replace('_', ' ').lower()} {event.step_key}"
+        return line
 
 
 @dg.logger(description="One line per materialized asset, failed check or failed step")
 def progress_logger(_init_context) -> logging.Logger:
-    log = logging.Logger("citylake", level=logging.INFO)
+    log = logging.Logger("citylake", level=logging.DEBUG)
     log.addHandler(ProgressHandler())
     return log

@@ -52,23 +52,31 @@ def quarantine_table(cfg: CityConfig, conformed: pa.Table) -> pa.Table:
     con = duckdb.connect()
     try:
         con.register("conformed", conformed)
-        parts = ["""select 'conformed' as layer, entity, agency, source_name, record_key,
+        parts = [
+            """select 'conformed' as layer, entity, agency, source_name, record_key,
                            reject_reason as reason, cast(null as varchar) as record, ingested_at
-                    from conformed"""]
+                    from conformed"""
+        ]
         for s in cfg.sources:
             t = lake.read_table(lake.quarantine_uri(cfg, s.agency, s.name))
             if t is not None and t.num_rows:
                 name = f"q_{s.agency}_{s.name}"
                 con.register(name, t)
-                parts.append(f"""select 'bronze', cast({s.feeds!r} as varchar), agency, source, location,
-                                        reason, record, _ingested_at from {name}""")
+                parts.append(f"""select 'bronze', cast({_sql_text(s.feeds)} as varchar), agency, source,
+                                        coalesce(record_key, location), reason, record, _ingested_at
+                                 from {name}""")
         return con.sql(" union all ".join(parts)).to_arrow_table()
     finally:
         con.close()
 
 
-def build_catalog(cfg: CityConfig, tables: dict[str, pa.Table], comments: dict[str, dict],
-                  info: dict[str, object]) -> Path:
+def _sql_text(value: str | None) -> str:
+    return "null" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def build_catalog(
+    cfg: CityConfig, tables: dict[str, pa.Table], comments: dict[str, dict], info: dict[str, object]
+) -> Path:
     """Write every table into a fresh DuckDB file and swap it in as <catalog>; returns its path."""
     target = cfg.catalog_path
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -82,13 +90,14 @@ def build_catalog(cfg: CityConfig, tables: dict[str, pa.Table], comments: dict[s
             con.unregister("incoming")
             doc = comments.get(name) or {}
             if doc.get("description"):
-                con.execute(f'comment on table "{name}" is ?', [doc["description"]])
+                con.execute(f'comment on table "{name}" is {_sql_text(doc["description"])}')
             for col, text in (doc.get("columns") or {}).items():
                 if text and col in table.column_names:
-                    con.execute(f'comment on column "{name}"."{col}" is ?', [text])
+                    con.execute(f'comment on column "{name}"."{col}" is {_sql_text(text)}')
         con.execute("create table _published (key varchar, value varchar)")
-        con.executemany("insert into _published values (?, ?)",
-                        [(k, json.dumps(v, default=str)) for k, v in info.items()])
+        con.executemany(
+            "insert into _published values (?, ?)", [(k, json.dumps(v, default=str)) for k, v in info.items()]
+        )
         con.execute("checkpoint")
     except BaseException:
         con.close()
@@ -105,8 +114,10 @@ def dbt_docs(manifest_path: Path, names: list[str]) -> dict[str, dict]:
     docs = {}
     for node in manifest.get("nodes", {}).values():
         if node.get("name") in names and node.get("resource_type") in ("model", "seed"):
-            docs[node["name"]] = {"description": node.get("description") or "",
-                                  "columns": {c: v.get("description") for c, v in node.get("columns", {}).items()}}
+            docs[node["name"]] = {
+                "description": node.get("description") or "",
+                "columns": {c: v.get("description") for c, v in node.get("columns", {}).items()},
+            }
     return docs
 
 

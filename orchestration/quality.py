@@ -73,8 +73,9 @@ def load_suite(path: Path, substitutions: dict[str, list]) -> dict:
     def sub(value: Any) -> Any:
         if isinstance(value, str) and value.startswith("$"):
             if value[1:] not in substitutions:
-                raise ValueError(f"{path}: unknown placeholder {value}; use one of "
-                                 f"{', '.join('$' + k for k in substitutions)}")
+                raise ValueError(
+                    f"{path}: unknown placeholder {value}; use one of {', '.join('$' + k for k in substitutions)}"
+                )
             return substitutions[value[1:]]
         return value
 
@@ -88,7 +89,8 @@ def _batch_definition():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}
     asset = ctx.data_sources.add_pandas("citylake").add_dataframe_asset("chunk")
@@ -110,8 +112,11 @@ def validate_batches(suite: dict, batches: Iterator[pa.RecordBatch]) -> SuiteOut
         df = batch.to_pandas(types_mapper=None)
         df.index = pd.RangeIndex(rows, rows + len(df))
         rows += len(df)
-        result = _batch_definition().get_batch(batch_parameters={"dataframe": df}).validate(
-            gx_suite, result_format={"result_format": "COMPLETE"})
+        result = (
+            _batch_definition()
+            .get_batch(batch_parameters={"dataframe": df})
+            .validate(gx_suite, result_format={"result_format": "COMPLETE"})
+        )
         for outcome, r in zip(outcomes, result.results, strict=True):
             res = r.result or {}
             outcome.success = outcome.success and bool(r.success)

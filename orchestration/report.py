@@ -14,7 +14,9 @@ def summary(cfg: CityConfig) -> str:
         rows = con.execute(
             """select indicator_id, indicator_name, value, unit, coverage from indicators
                where area_id = 'CITY' and period_grain = 'month' and period_start = ?
-               order by indicator_id""", [latest]).fetchall()
+               order by indicator_id""",
+            [latest],
+        ).fetchall()
         counts = con.execute("select count(*), count(distinct area_id) from indicators").fetchone()
         quarantined = con.execute("select count(*) from quarantine").fetchone()[0]
     finally:
@@ -29,7 +31,7 @@ def summary(cfg: CityConfig) -> str:
         f"Delta marts: {cfg.lake_root}/marts/",
         "",
         "Query it:",
-        "  citylake sql \"select area_id, period_start, value from indicators "
+        '  citylake sql "select area_id, period_start, value from indicators '
         "where indicator_id = 'iso37120_8_1' and period_grain = 'month' order by 1, 2\"",
         f"  duckdb -readonly {cfg.catalog_path}   # any DuckDB client, no citylake needed",
     ]

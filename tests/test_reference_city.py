@@ -131,8 +131,7 @@ def test_bad_records_are_present_in_the_files(city_dir: Path) -> None:
         collisions = pd.read_sql("SELECT * FROM collisions", con)
     requests = pd.DataFrame(json.loads((city_dir / "open311" / "requests.json").read_text()))
     energy = pd.concat(
-        pd.read_csv(p, dtype=str, keep_default_na=False)
-        for p in (city_dir / "landing" / "energy").glob("*.csv")
+        pd.read_csv(p, dtype=str, keep_default_na=False) for p in (city_dir / "landing" / "energy").glob("*.csv")
     )
     waste = []
     for p in (city_dir / "landing" / "waste").glob("*.xlsx"):
@@ -257,7 +256,7 @@ def test_hand_checked_311_median_for_old_town(city, truth: pd.DataFrame) -> None
     closed = reqs[names.isin(old_town) & january & reqs["closed_datetime"].notna()]
     durations = [
         (pd.Timestamp(c) - pd.Timestamp(r)).total_seconds() / 86400
-        for r, c in zip(closed["requested_datetime"], closed["closed_datetime"])
+        for r, c in zip(closed["requested_datetime"], closed["closed_datetime"], strict=False)
     ]
     row = _one(truth, "svc_311_median_days_to_close", "D03", "month", "2025-01-01")
     assert row["denominator"] == len(durations)

@@ -22,6 +22,8 @@ class Rejected:
     record: str
     reason: str
     location: str
+    #: the record's primary key, when it could be read
+    record_key: str | None = None
 
 
 @dataclass
@@ -72,5 +74,7 @@ def read_source(source: Source, cursor: Any | None, loaded_files: set[tuple[str,
 
         yield from read_files(source, loaded_files)
     else:
-        raise NotImplementedError(f"{source.where}: kind '{source.kind}' has no connector in this version "
-                                  "(the MQTT subscriber is tracked as its own issue)")
+        raise NotImplementedError(
+            f"{source.where}: kind '{source.kind}' has no connector in this version "
+            "(the MQTT subscriber is tracked as its own issue)"
+        )

@@ -81,8 +81,11 @@ def _parse(source: Source, path: str) -> tuple[pa.Table, list[Rejected]]:
     if not isinstance(body, list):
         raise ValueError(f"{source.where}: {path} holds no JSON array of records; set records_path")
     good = [r for r in body if isinstance(r, dict)]
-    bad = [Rejected(json.dumps(r), "not a JSON object", f"{path} item {i}") for i, r in enumerate(body)
-           if not isinstance(r, dict)]
+    bad = [
+        Rejected(json.dumps(r), "not a JSON object", f"{path} item {i}")
+        for i, r in enumerate(body)
+        if not isinstance(r, dict)
+    ]
     return text_table(good), bad
 
 
@@ -105,10 +108,10 @@ def _csv(source: Source, path: str) -> tuple[pa.Table, list[Rejected]]:
         elif any(cell.strip() for cell in row):
             buf = io.StringIO()
             csv.writer(buf, delimiter=delimiter).writerow(row)
-            rejected.append(Rejected(buf.getvalue().strip(), f"expected {len(header)} fields, got {len(row)}",
-                                     f"{path}:{n}"))
-    columns = {h: pa.array([r[i] if r[i] != "" else None for r in good], pa.string())
-               for i, h in enumerate(header)}
+            rejected.append(
+                Rejected(buf.getvalue().strip(), f"expected {len(header)} fields, got {len(row)}", f"{path}:{n}")
+            )
+    columns = {h: pa.array([r[i] if r[i] != "" else None for r in good], pa.string()) for i, h in enumerate(header)}
     return pa.table(columns), rejected
 
 

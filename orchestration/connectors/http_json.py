@@ -51,11 +51,13 @@ def _get(url: str, headers: dict[str, str], timeout: float, retries: int, where:
 
 
 def _records(body: Any, path: str | None, where: str) -> list[dict]:
-    for part in (path.split(".") if path else []):
+    for part in path.split(".") if path else []:
         body = body.get(part) if isinstance(body, dict) else None
     if not isinstance(body, list):
-        raise SourceUnavailable(f"{where}: expected a JSON array of records at '{path or '(top level)'}', "
-                                f"got {type(body).__name__}; set records_path")
+        raise SourceUnavailable(
+            f"{where}: expected a JSON array of records at '{path or '(top level)'}', "
+            f"got {type(body).__name__}; set records_path"
+        )
     return body
 
 
@@ -75,12 +77,13 @@ def read_http_json(source: Source, cursor: Any | None) -> Iterator[Landing]:
             params[paging.get("size_param", "page_size")] = size
         sep = "&" if "?" in url else "?"
         full = url + (sep + urllib.parse.urlencode(params) if params else "")
-        records = _records(_get(full, headers, float(source.get("timeout_s", 30)), int(source.get("max_retries", 5)),
-                                source.where), source.get("records_path"), source.where)
+        records = _records(
+            _get(full, headers, float(source.get("timeout_s", 30)), int(source.get("max_retries", 5)), source.where),
+            source.get("records_path"),
+            source.where,
+        )
         good = [r for r in records if isinstance(r, dict)]
-        rejected = [
-            _reject(r, f"{full} item {i}") for i, r in enumerate(records) if not isinstance(r, dict)
-        ]
+        rejected = [_reject(r, f"{full} item {i}") for i, r in enumerate(records) if not isinstance(r, dict)]
         if good or rejected:
             yield Landing(rows=text_table(good), rejected=rejected)
         if not paging or len(records) < size:

@@ -30,12 +30,18 @@ def connect(source: Source):
 
         return psycopg.connect(source.secret("dsn"))
     if source.kind == "mysql":
-        import pymysql
         from urllib.parse import unquote, urlparse
 
+        import pymysql
+
         u = urlparse(source.secret("dsn"))
-        return pymysql.connect(host=u.hostname or "127.0.0.1", port=u.port or 3306, user=unquote(u.username or ""),
-                               password=unquote(u.password or ""), database=u.path.lstrip("/") or None)
+        return pymysql.connect(
+            host=u.hostname or "127.0.0.1",
+            port=u.port or 3306,
+            user=unquote(u.username or ""),
+            password=unquote(u.password or ""),
+            database=u.path.lstrip("/") or None,
+        )
     raise ValueError(f"{source.where}: not a SQL source")
 
 

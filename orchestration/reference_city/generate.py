@@ -236,14 +236,13 @@ def _transport(rng: np.random.Generator, scale: float, start: date, days: int, n
     dist = rng.permutation(np.arange(n) % 8)
     rail = rng.random(n) < 0.2
     lat, lon = _points(rng, dist)
-    route = np.where(
-        rail, [f"R{i}" for i in rng.integers(1, 4, n)], [f"B{i:02d}" for i in rng.integers(1, 25, n)]
-    )
+    route = np.where(rail, [f"R{i}" for i in rng.integers(1, 4, n)], [f"B{i:02d}" for i in rng.integers(1, 25, n)])
     stops = pd.DataFrame(
         {
             "stop_id": [f"S{i + 1:04d}" for i in range(n)],
             "stop_name": [
-                f"{NAMES[d]} {'Station' if r else 'Stop'} {i + 1}" for i, (d, r) in enumerate(zip(dist, rail))
+                f"{NAMES[d]} {'Station' if r else 'Stop'} {i + 1}"
+                for i, (d, r) in enumerate(zip(dist, rail, strict=False))
             ],
             "zone_code": ZONES[dist],
             "lat": lat,
@@ -255,9 +254,7 @@ def _transport(rng: np.random.Generator, scale: float, start: date, days: int, n
     weekday = np.where(dates.day_of_week < 5, 1.0, 0.6)
     boardings = rng.poisson(base[:, None] * weekday[None, :])
     s, d = np.nonzero(rng.random((n, days)) >= 0.02)  # ~2% of stop-days simply missing
-    updated = (
-        dates[d] + pd.Timedelta(days=1, hours=2) + pd.to_timedelta(rng.integers(0, 7200, len(d)), unit="s")
-    )
+    updated = dates[d] + pd.Timedelta(days=1, hours=2) + pd.to_timedelta(rng.integers(0, 7200, len(d)), unit="s")
     rides = pd.DataFrame(
         {
             "stop_id": stops["stop_id"].to_numpy()[s],
@@ -275,9 +272,7 @@ def _transport(rng: np.random.Generator, scale: float, start: date, days: int, n
     stops.loc[len(stops)] = [ghost, "Depot Shuttle Stop", "TZ-XX", 38.6, -90.2]
     k = min(n_bad, days, len(rides))
     ghost_rows = rides.iloc[:k].assign(stop_id=ghost, service_date=dates[:k].strftime("%Y-%m-%d").to_numpy())
-    bad.append(
-        ghost_rows.assign(kind="unknown_district", detail="stop zone_code TZ-XX is not in the crosswalk")
-    )
+    bad.append(ghost_rows.assign(kind="unknown_district", detail="stop zone_code TZ-XX is not in the crosswalk"))
     return stops, rides, pd.concat(bad, ignore_index=True)
 
 
@@ -322,7 +317,7 @@ def _district_text(rng: np.random.Generator, dist: np.ndarray) -> list[str | Non
     kind = rng.choice(5, len(dist), p=[0.70, 0.08, 0.07, 0.12, 0.03])
     pick = rng.integers(0, 2, len(dist))
     out: list[str | None] = []
-    for d, k, p in zip(dist, kind, pick):
+    for d, k, p in zip(dist, kind, pick, strict=False):
         name = str(NAMES[d])
         if k == 1:
             name = name.upper() if p else name.lower()
@@ -337,9 +332,7 @@ def _district_text(rng: np.random.Generator, dist: np.ndarray) -> list[str | Non
 def _requests(rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int) -> tuple:
     lo, hi = _local_midnight_utc(start), _local_midnight_utc(start + timedelta(days=days))
     n = int(rng.poisson(40 * scale * days))
-    requested = pd.Series(pd.to_datetime(np.sort(rng.integers(lo.value, hi.value, n)), utc=True)).dt.floor(
-        "min"
-    )
+    requested = pd.Series(pd.to_datetime(np.sort(rng.integers(lo.value, hi.value, n)), utc=True)).dt.floor("min")
     codes = np.array(list(SERVICES))
     code = rng.choice(codes, n, p=[v[4] for v in SERVICES.values()])
     target = np.array([SERVICES[c][2] for c in code], dtype=float)
@@ -630,7 +623,9 @@ def _sqlite(path: Path, ddl: str, table: str, df: pd.DataFrame) -> None:
     with sqlite3.connect(path) as con:
         con.execute(ddl)
         marks = ",".join("?" * len(df.columns))
-        con.executemany(f"INSERT INTO {table} VALUES ({marks})", zip(*(df[c].tolist() for c in df.columns)))
+        con.executemany(
+            f"INSERT INTO {table} VALUES ({marks})", zip(*(df[c].tolist() for c in df.columns), strict=False)
+        )
     con.close()
 
 
@@ -761,18 +756,14 @@ def write(city: City, out_dir: Path) -> pd.DataFrame:
         if source == "air_a":
             keys[bad["kind"] == "malformed"] = sorted(a_keys)
         manifest.append(
-            pd.DataFrame(
-                {"source": SOURCES[source], "record_key": keys, "kind": bad["kind"], "detail": bad["detail"]}
-            )
+            pd.DataFrame({"source": SOURCES[source], "record_key": keys, "kind": bad["kind"], "detail": bad["detail"]})
         )
     manifest_df = pd.concat(manifest, ignore_index=True)
     _csv(manifest_df, out_dir / "bad_records.csv")
     return manifest_df
 
 
-def generate(
-    out_dir: Path, scale: float = 1, days: int = 90, start: date = date(2025, 1, 1), seed: int = 42
-) -> dict:
+def generate(out_dir: Path, scale: float = 1, days: int = 90, start: date = date(2025, 1, 1), seed: int = 42) -> dict:
     """Generate the reference city into out_dir and return a summary (records per source, bad records)."""
     # Imported here because ground_truth imports this module's geography.
     from orchestration.reference_city import ground_truth
@@ -789,7 +780,5 @@ def generate(
         "ground_truth_rows": len(truth),
     }
     params = {"scale": scale, "days": days, "start": start.isoformat(), "seed": seed, "timezone": TIMEZONE}
-    (out_dir / "generation.json").write_text(
-        json.dumps({"parameters": params, "summary": summary}, indent=1) + "\n"
-    )
+    (out_dir / "generation.json").write_text(json.dumps({"parameters": params, "summary": summary}, indent=1) + "\n")
     return summary

@@ -36,7 +36,7 @@ def _norm(names: pd.Series) -> pd.Series:
 
 
 def _district_by_name(names: pd.Series, crosswalk: pd.DataFrame) -> pd.Series:
-    lookup = dict(zip(_norm(crosswalk["alias"]), crosswalk["district_code"]))
+    lookup = dict(zip(_norm(crosswalk["alias"]), crosswalk["district_code"], strict=False))
     return _norm(names).map(lookup).astype(object).where(lambda s: s.notna(), None)
 
 
@@ -89,9 +89,7 @@ class _Calendar:
         return sum(d.weekday() == 0 for d in self._days(grain, period_start))
 
 
-def _rows(
-    indicator: str, g: pd.DataFrame, value: pd.Series, numerator, denominator, coverage
-) -> pd.DataFrame:
+def _rows(indicator: str, g: pd.DataFrame, value: pd.Series, numerator, denominator, coverage) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "indicator_id": indicator,
@@ -107,7 +105,9 @@ def _rows(
 
 
 def _apply(g: pd.DataFrame, fn) -> np.ndarray:
-    return np.array([fn(a, gr, ps) for a, gr, ps in zip(g["area_id"], g["period_grain"], g["period_start"])])
+    return np.array(
+        [fn(a, gr, ps) for a, gr, ps in zip(g["area_id"], g["period_grain"], g["period_start"], strict=False)]
+    )
 
 
 def _air(clean: dict[str, pd.DataFrame], cal: _Calendar) -> list[pd.DataFrame]:
@@ -142,17 +142,11 @@ def _air(clean: dict[str, pd.DataFrame], cal: _Calendar) -> list[pd.DataFrame]:
     district = _district_by_point(stations["lat"], stations["lon"])
     out = []
     for pollutant, indicator in AIR.items():
-        daily = (
-            readings.dropna(subset=[pollutant]).groupby(["station", "day"], as_index=False)[pollutant].mean()
-        )
+        daily = readings.dropna(subset=[pollutant]).groupby(["station", "day"], as_index=False)[pollutant].mean()
         daily["district"] = daily["station"].map(district)
         x = _expand(daily, daily["day"])
-        station = x.groupby([*GROUP, "station"], as_index=False).agg(
-            mean=(pollutant, "mean"), n=("day", "size")
-        )
-        g = station.groupby(GROUP, as_index=False).agg(
-            num=("mean", "sum"), den=("station", "size"), n=("n", "sum")
-        )
+        station = x.groupby([*GROUP, "station"], as_index=False).agg(mean=(pollutant, "mean"), n=("day", "size"))
+        g = station.groupby(GROUP, as_index=False).agg(num=("mean", "sum"), den=("station", "size"), n=("n", "sum"))
         expected = g["den"] * _apply(g, lambda a, gr, ps: cal.n_days(gr, ps))
         out.append(_rows(indicator, g, g["num"] / g["den"], g["num"], g["den"], g["n"] / expected))
     return out
@@ -160,15 +154,11 @@ def _air(clean: dict[str, pd.DataFrame], cal: _Calendar) -> list[pd.DataFrame]:
 
 def _energy(clean: dict[str, pd.DataFrame], cal: _Calendar) -> list[pd.DataFrame]:
     e = clean["energy"].assign(kwh=lambda d: d["kwh"].astype(float))
-    e["district"] = e["district_code"].where(
-        e["district_code"].fillna("").astype(str).str.strip() != "", None
-    )
+    e["district"] = e["district_code"].where(e["district_code"].fillna("").astype(str).str.strip() != "", None)
     out = []
     for indicator, rows in [("iso37120_7_1", e[e["sector"] == "residential"]), ("iso37120_7_5", e)]:
         x = _expand(rows, rows["month"] + "-01")
-        g = x.groupby(GROUP, as_index=False).agg(
-            num=("kwh", "sum"), n=("kwh", "size"), meters=("meter_id", "nunique")
-        )
+        g = x.groupby(GROUP, as_index=False).agg(num=("kwh", "sum"), n=("kwh", "size"), meters=("meter_id", "nunique"))
         pop = _apply(g, cal.people)
         expected = g["meters"] * _apply(g, lambda a, gr, ps: cal.n_months(gr, ps))
         out.append(_rows(indicator, g, g["num"] / pop, g["num"], pop, g["n"] / expected))
@@ -176,10 +166,8 @@ def _energy(clean: dict[str, pd.DataFrame], cal: _Calendar) -> list[pd.DataFrame
 
 
 def _waste(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame], cal: _Calendar) -> list:
-    w = clean["waste"].assign(
-        tonnes=lambda d: d["tonnes"].astype(float), district=lambda d: d["district_code"]
-    )
-    streams = dict(zip(reference["waste_streams"]["source_label"], reference["waste_streams"]["stream"]))
+    w = clean["waste"].assign(tonnes=lambda d: d["tonnes"].astype(float), district=lambda d: d["district_code"])
+    streams = dict(zip(reference["waste_streams"]["source_label"], reference["waste_streams"]["stream"], strict=False))
     w["recycled"] = w["tonnes"].where(w["stream"].map(streams) == "recycling", 0.0)
     w["route_stream"] = w["route_id"] + "|" + w["stream"]
     x = _expand(w, w["week_start"])
@@ -199,7 +187,7 @@ def _waste(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame], c
 
 def _ridership(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame], cal: _Calendar) -> list:
     stops = reference["stops"]
-    zone = dict(zip(stops["stop_id"], _district_by_name(stops["zone_code"], reference["crosswalk"])))
+    zone = dict(zip(stops["stop_id"], _district_by_name(stops["zone_code"], reference["crosswalk"]), strict=False))
     r = clean["ridership"].assign(district=lambda d: d["stop_id"].map(zone))
     x = _expand(r, r["service_date"])
     g = x.groupby(GROUP, as_index=False).agg(
@@ -224,7 +212,7 @@ def _requests(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame]
     requested = pd.to_datetime(r["requested_datetime"], utc=True, format="ISO8601")
     closed = pd.to_datetime(r["closed_datetime"], utc=True, format="ISO8601")
     cats = reference["service_categories"]
-    target = r["service_code"].map(dict(zip(cats["service_code"], cats["target_days"]))).astype(float)
+    target = r["service_code"].map(dict(zip(cats["service_code"], cats["target_days"], strict=False))).astype(float)
     seconds = (closed - requested).dt.total_seconds()
     df = pd.DataFrame(
         {
@@ -241,16 +229,14 @@ def _requests(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame]
     g = closed_x.groupby(GROUP, as_index=False).agg(
         median=("days", "median"), n=("days", "size"), on_time=("on_time", "sum")
     )
-    coverage = known.loc[list(zip(g["area_id"], g["period_grain"], g["period_start"]))].to_numpy()
+    coverage = known.loc[list(zip(g["area_id"], g["period_grain"], g["period_start"], strict=False))].to_numpy()
     return [
         _rows("svc_311_median_days_to_close", g, g["median"], np.full(len(g), np.nan), g["n"], coverage),
         _rows("svc_311_closed_within_target", g, 100 * g["on_time"] / g["n"], g["on_time"], g["n"], coverage),
     ]
 
 
-def compute(
-    clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame], start: date, days: int
-) -> pd.DataFrame:
+def compute(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame], start: date, days: int) -> pd.DataFrame:
     """Return the ground-truth indicator table (COLUMNS) for the given clean records.
 
     `clean` and `reference` have the shapes of `generate.City.clean` / `.reference`; only records in
@@ -267,6 +253,4 @@ def compute(
     ]
     truth = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     truth["period_start"] = truth["period_start"].map(lambda d: d.isoformat())
-    return truth.sort_values(["indicator_id", "area_id", "period_grain", "period_start"], ignore_index=True)[
-        COLUMNS
-    ]
+    return truth.sort_values(["indicator_id", "area_id", "period_grain", "period_start"], ignore_index=True)[COLUMNS]

@@ -51,10 +51,7 @@ class _Store:
             return json.loads(path.read_text())
         # Without a services file, describe the codes that occur in the requests.
         seen = {r["service_code"]: r.get("service_name") for _, r in self.rows()}
-        return [
-            {"service_code": c, "service_name": n, "metadata": False, "type": "realtime"}
-            for c, n in seen.items()
-        ]
+        return [{"service_code": c, "service_name": n, "metadata": False, "type": "realtime"} for c, n in seen.items()]
 
 
 class _BadRequest(ValueError):
@@ -134,9 +131,7 @@ def _make_server(requests_path: Path, host: str, port: int) -> ThreadingHTTPServ
 
 
 @contextmanager
-def running_open311(
-    requests_path: Path, host: str = "127.0.0.1", port: int = 8311
-) -> Iterator[Open311Server]:
+def running_open311(requests_path: Path, host: str = "127.0.0.1", port: int = 8311) -> Iterator[Open311Server]:
     """Serve requests_path in a background thread for the duration of the block (port=0: any free port)."""
     httpd = _make_server(requests_path, host, port)
     thread = threading.Thread(target=httpd.serve_forever, name="open311", daemon=True)

@@ -3,7 +3,6 @@
 Adding a source to city.yaml adds its asset; there is no code to write.
 """
 
-
 import dagster as dg
 
 from orchestration.city import city
@@ -22,8 +21,9 @@ def bronze_asset(source: Source) -> dg.AssetsDefinition:
         metadata={"primary_key": list(source.primary_key), "uri": bronze_uri(city(), source.agency, source.name)},
         pool="lake_writes",
         # agency systems fail transiently; the HTTP connector also retries each request itself
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL,
-                                    jitter=dg.Jitter.PLUS_MINUS),
+        retry_policy=dg.RetryPolicy(
+            max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+        ),
     )
     def _bronze(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         result = ingest(city(), source, context.run_id, log=context.log.info)

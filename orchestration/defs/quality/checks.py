@@ -7,7 +7,6 @@ the asset in that run, so nothing reaches publication past a failed gate. The ch
 each failed expectation with what was observed and a sample of offending rows.
 """
 
-
 import functools
 import json
 
@@ -51,16 +50,25 @@ def check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=outcome.success,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{outcome.suite}: " + ("all expectations met" if not failed else
-                                           "; ".join(e.describe() for e in failed)),
+        description=f"{outcome.suite}: "
+        + ("all expectations met" if not failed else "; ".join(e.describe() for e in failed)),
         metadata={
             "suite": outcome.suite,
             "rows_validated": outcome.rows,
             "expectations": len(outcome.expectations),
-            "failed_expectations": dg.MetadataValue.json([
-                {"expectation": e.type, "kwargs": e.kwargs, "unexpected_count": e.unexpected_count,
-                 "element_count": e.element_count, "observed_value": e.observed_value,
-                 "sample": e.sample} for e in failed]),
+            "failed_expectations": dg.MetadataValue.json(
+                [
+                    {
+                        "expectation": e.type,
+                        "kwargs": e.kwargs,
+                        "unexpected_count": e.unexpected_count,
+                        "element_count": e.element_count,
+                        "observed_value": e.observed_value,
+                        "sample": e.sample,
+                    }
+                    for e in failed
+                ]
+            ),
             "offending_rows_sample": dg.MetadataValue.md(_sample_md(outcome)),
         },
     )
@@ -75,8 +83,12 @@ def _sample_md(outcome: SuiteOutcome) -> str:
 
 
 def bronze_check(source: Source) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=dg.AssetKey(["bronze", source.agency, source.name]), name="gx_suite", blocking=True,
-                    description="Great Expectations suite of this bronze table")
+    @dg.asset_check(
+        asset=dg.AssetKey(["bronze", source.agency, source.name]),
+        name="gx_suite",
+        blocking=True,
+        description="Great Expectations suite of this bronze table",
+    )
     def _check() -> dg.AssetCheckResult:
         uri = bronze_uri(city(), source.agency, source.name)
         return check_result(validate_batches(bronze_suite(source), delta_batches(uri)))
@@ -87,8 +99,12 @@ def bronze_check(source: Source) -> dg.AssetChecksDefinition:
 def warehouse_check(layer: str, model: str) -> dg.AssetChecksDefinition:
     key = [layer, model]
 
-    @dg.asset_check(asset=dg.AssetKey(key), name="gx_suite", blocking=True,
-                    description=f"Great Expectations suite {'.'.join(key)}.json")
+    @dg.asset_check(
+        asset=dg.AssetKey(key),
+        name="gx_suite",
+        blocking=True,
+        description=f"Great Expectations suite {'.'.join(key)}.json",
+    )
     def _check() -> dg.AssetCheckResult:
         suite = load_suite(suite_path(key), substitutions())
         return check_result(validate_batches(suite, duckdb_batches(city().state_dir / "warehouse.duckdb", model)))

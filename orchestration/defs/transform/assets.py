@@ -5,7 +5,6 @@ marts/indicators; seeds are reference/<seed>. dbt sources are the bronze assets,
 from each agency system to the indicators. dbt tests become asset checks.
 """
 
-
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,8 +42,7 @@ dbt_env()
 project = DbtProject(project_dir=dbt_project_dir(), profiles_dir=dbt_project_dir())
 
 
-@dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=CityTranslator(),
-            pool="warehouse")
+@dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=CityTranslator(), pool="warehouse")
 def city_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """Build the selected dbt models, seeds and tests in the city's warehouse."""
     yield from dbt.cli(["build"], context=context).stream()

@@ -1,0 +1,98 @@
+"""city.yaml validation: every error names the key and says what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestration.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> dict:
+    (tmp_path / "d.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    (tmp_path / "p.csv").write_text("code,population,year\n")
+    return {
+        "city": {"name": "Testville", "timezone": "Europe/Paris"},
+        "lake": {"root": "./lake"},
+        "districts": {"boundaries": "./d.geojson", "population": "./p.csv"},
+        "agencies": {
+            "transport": {
+                "ridership": {
+                    "kind": "sqlite",
+                    "path": "./t.sqlite",
+                    "table": "rides",
+                    "primary_key": ["id"],
+                    "feeds": "transit_ridership",
+                    "columns": {"service_date": "day", "boardings": "n"},
+                }
+            }
+        },
+    }
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "city.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_reference_city_config_is_valid() -> None:
+    cfg = load_config(REPO / "city.yaml") if (REPO / "reference_city").exists() else None
+    if cfg is None:
+        pytest.skip("reference city not generated here (make demo generates it)")
+    assert {s.key for s in cfg.sources} >= {"transport/ridership", "service_requests/requests"}
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, base: dict) -> None:
+    cfg = load_config(write(tmp_path, base))
+    assert cfg.lake_root == str(tmp_path / "lake")
+    assert cfg.catalog_path == tmp_path / "lake" / "catalog.duckdb"
+    assert cfg.source("transport/ridership").timezone == "Europe/Paris"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["city"].pop("timezone"), "city.timezone is missing"),
+        (lambda d: d["city"].update(timezone="Mars/Olympus"), "not an IANA time zone"),
+        (lambda d: d["agencies"]["transport"]["ridership"].update(kind="oracle"), "agencies.transport.ridership.kind"),
+        (lambda d: d["agencies"]["transport"]["ridership"].pop("primary_key"), "primary_key is missing"),
+        (lambda d: d["agencies"]["transport"]["ridership"].update(feeds="parking"), "not a conformed entity"),
+        (lambda d: d["agencies"]["transport"]["ridership"]["columns"].pop("boardings"), "needs boardings"),
+        (lambda d: d["agencies"]["transport"]["ridership"]["columns"].update(speed="x"), "has no column 'speed'"),
+        (lambda d: d["agencies"]["transport"]["ridership"].update(units={"kwh": "BTU"}), "units.kwh"),
+        (lambda d: d["agencies"]["transport"]["ridership"].update(district={"from": "zip"}), "district.from"),
+        (lambda d: d["lake"].update(root="s3://bucket/city"), "catalog is missing"),
+        (lambda d: d["districts"].update(population="./nope.csv"), "districts.population"),
+        (lambda d: d["agencies"]["transport"]["ridership"].pop("table"), "set table:"),
+    ],
+)
+def test_errors_name_the_key_and_the_fix(tmp_path: Path, base: dict, change, message: str) -> None:
+    change(base)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(write(tmp_path, base))
+
+
+def test_missing_env_var_is_named_without_a_value(tmp_path: Path, base: dict, monkeypatch) -> None:
+    base["agencies"]["transport"]["ridership"] = {
+        "kind": "postgres",
+        "dsn": "${CITYLAKE_TEST_DSN}",
+        "table": "x",
+        "primary_key": ["id"],
+    }
+    cfg = load_config(write(tmp_path, base))
+    monkeypatch.delenv("CITYLAKE_TEST_DSN", raising=False)
+    with pytest.raises(ConfigError, match="CITYLAKE_TEST_DSN is not set"):
+        cfg.source("transport/ridership").secret("dsn")
+    monkeypatch.setenv("CITYLAKE_TEST_DSN", "postgresql://u:s3cret@h/db")
+    assert cfg.source("transport/ridership").secret("dsn").endswith("s3cret@h/db")
+
+
+def test_missing_config_file_says_how_to_get_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="citylake generate"):
+        load_config(tmp_path / "nope.yaml")
