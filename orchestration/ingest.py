@@ -1,6 +1,9 @@
 """Loading one source into its bronze Delta table, with its quarantine.
 
 The rules, in one place:
+- Rows failing a row-level expectation of the source's bronze suite (expectations/bronze.<agency>.
+  <source>.json, plus not-null primary-key columns) go to quarantine, the reason naming the
+  expectation; the bronze asset check then judges the load against the expectations' `mostly`.
 - Every bronze row carries `_ingested_at` (UTC), `_batch` (the Dagster run id), `_source_file` and
   `_source_checksum` (files only).
 - A row without a primary-key value, or repeating a key already seen in the same landing, goes to
@@ -9,6 +12,14 @@ The rules, in one place:
 - Files: each file's rows replace that file's earlier rows (overwrite by `_source_file`); unchanged
   files are skipped. Sources with a `cursor:` are read from the last stored cursor and upserted by
   primary key. Sources without either are full snapshots and replace the table in one commit.
+- MQTT batches (delivered at least once) are upserted by primary key; an identical redelivery is
+  dropped silently; a batch file is moved to `ingested/` only after its rows are committed.
+- Schema drift: incoming columns are cast to bronze's types. A new column is added to bronze (and
+  listed in `columns_added`); a column the source no longer sends is null; a value that cannot be
+  cast to its bronze type sends its row to quarantine with the column, value and type.
+- Quarantine is written before bronze, and bronze last: a crash in between leaves the rows unloaded
+  and a rerun reads them again (quarantine ids dedup the rejects). Rows unchanged from what bronze
+  holds are not rewritten, so a rerun with nothing new commits no Delta version.
 - The cursor is never stored apart from the data: it is the maximum cursor value in bronze itself,
   so it moves in the same atomic Delta commit as the rows (a crash cannot lose or repeat rows).
 """
@@ -27,9 +38,16 @@ import pyarrow.compute as pc
 
 from orchestration import lake
 from orchestration.config import CityConfig, Source
-from orchestration.connectors import Landing, Rejected, read_source
+from orchestration.connectors import Landing, Rejected, read_source, redact
+from orchestration.quality import bronze_suite, split_rows
 
 META_COLUMNS = ("_ingested_at", "_batch", "_source_file", "_source_checksum")
+#: columns that say how a row arrived, not what it says: a row differing only here is unchanged
+UNCOMPARED = (*META_COLUMNS, "_received_at")
+
+
+class SourceError(RuntimeError):
+    """A source failed to load; the message names the source and never holds a secret."""
 
 
 @dataclass
@@ -42,8 +60,13 @@ class IngestResult:
     files_loaded: list[str] = field(default_factory=list)
     cursor_before: Any = None
     columns_added: list[str] = field(default_factory=list)
+    columns_missing: list[str] = field(default_factory=list)
     delta_version: int | None = None
+    versions_committed: int = 0
     row_count: int = 0
+    #: rows put through the bronze suite's row-level expectations, and how many each rejected
+    rows_gated: int = 0
+    gate_failures: dict[str, int] = field(default_factory=dict)
 
 
 def cursor_field(source: Source) -> str | None:
@@ -60,7 +83,12 @@ def _cursor_key(value: str) -> Any:
         return str(value)
 
 
+def _content(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in UNCOMPARED}
+
+
 def stored_cursor(source: Source, bronze: pa.Table | None) -> Any:
+    """The largest cursor value in bronze (ISO timestamps compared as instants); None when empty."""
     col = cursor_field(source)
     if not col or bronze is None or col not in bronze.column_names or bronze.num_rows == 0:
         return None
@@ -75,8 +103,14 @@ def _key_text(row: dict, keys: tuple[str, ...]) -> str:
     return "|".join("" if row.get(k) is None else str(row.get(k)) for k in keys)
 
 
-def split_keys(table: pa.Table, keys: tuple[str, ...], location: str) -> tuple[pa.Table, list[Rejected]]:
-    """Drop rows with a missing key or a key repeated within the landing (first kept) into rejects."""
+def split_keys(
+    table: pa.Table, keys: tuple[str, ...], location: str, drop_identical: bool = False
+) -> tuple[pa.Table, list[Rejected]]:
+    """Drop rows with a missing key or a key repeated within the landing (first kept) into rejects.
+
+    With `drop_identical` (MQTT, delivered at least once), a repeat whose values equal the kept row's
+    is a redelivery, not a bad record: it is dropped without a quarantine entry.
+    """
     missing_cols = [k for k in keys if k not in table.column_names]
     if missing_cols and table.num_rows:
         raise ValueError(
@@ -86,10 +120,10 @@ def split_keys(table: pa.Table, keys: tuple[str, ...], location: str) -> tuple[p
     if table.num_rows == 0:
         return table, []
     rows = table.select(list(keys)).to_pylist()
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     keep: list[bool] = []
     rejected: list[Rejected] = []
-    full = None
+    full = table.to_pylist() if drop_identical else None
     for i, row in enumerate(rows):
         null = [k for k in keys if row[k] is None or row[k] == ""]
         key = _key_text(row, keys)
@@ -97,8 +131,11 @@ def split_keys(table: pa.Table, keys: tuple[str, ...], location: str) -> tuple[p
         if null:
             reason = f"missing primary key {', '.join(null)}"
         elif key in seen:
+            if drop_identical and _content(full[i]) == _content(full[seen[key]]):
+                keep.append(False)
+                continue
             reason = f"duplicate primary key {key} in one load (first kept)"
-        seen.add(key)
+        seen.setdefault(key, i)
         keep.append(reason is None)
         if reason:
             full = full or table.to_pylist()
@@ -106,6 +143,67 @@ def split_keys(table: pa.Table, keys: tuple[str, ...], location: str) -> tuple[p
                 Rejected(json.dumps(full[i], default=str, sort_keys=True), reason, location, record_key=key)
             )
     return table.filter(pa.array(keep)), rejected
+
+
+def conform(
+    table: pa.Table, schema: pa.Schema | None, keys: tuple[str, ...], location: str
+) -> tuple[pa.Table, list[Rejected], list[str]]:
+    """Cast `table` to bronze's schema: (typed rows, rows whose values cannot be cast, missing columns).
+
+    Bronze columns the table lacks are added as nulls; columns bronze lacks are kept (drift, added
+    on write); an all-null column takes bronze's type (or text when bronze has none).
+    """
+    n = table.num_rows
+    known = {f.name: f.type for f in schema} if schema is not None else {}
+    failed: dict[int, list[str]] = {}
+    columns: dict[str, pa.Array] = {}
+    for name in table.column_names:
+        arr = table.column(name).combine_chunks()
+        target = known.get(name) or (pa.string() if pa.types.is_null(arr.type) else arr.type)
+        if arr.type != target:
+            arr = _cast(arr, target, name, failed)
+        columns[name] = arr
+    missing = [f.name for f in schema if f.name not in columns and f.name not in META_COLUMNS] if schema else []
+    for name in missing:
+        columns[name] = pa.nulls(n, known[name])
+    order = [f.name for f in schema if f.name in columns] if schema is not None else []
+    order += [c for c in columns if c not in order]
+    typed = pa.table({c: columns[c] for c in order})
+    if not failed:
+        return typed, [], missing
+    rows = table.to_pylist()
+    rejected = [
+        Rejected(
+            json.dumps(rows[i], default=str, sort_keys=True),
+            "; ".join(reasons),
+            location,
+            record_key=_key_text(rows[i], keys),
+        )
+        for i, reasons in sorted(failed.items())
+    ]
+    keep = pa.array([i not in failed for i in range(n)])
+    return typed.filter(keep), rejected, missing
+
+
+def _cast(arr: pa.Array, target: pa.DataType, name: str, failed: dict[int, list[str]]) -> pa.Array:
+    """arr cast to target; values that cannot be cast become null and their rows are noted in `failed`."""
+    try:
+        return pc.cast(arr, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    bad = []
+    for i in range(len(arr)):
+        if not arr[i].is_valid:
+            continue
+        try:
+            pc.cast(arr.slice(i, 1), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            bad.append(i)
+            failed.setdefault(i, []).append(
+                f"column {name}: value {arr[i].as_py()!r} ({arr.type}) cannot be cast to bronze type {target}"
+            )
+    mask = pa.array([i in set(bad) for i in range(len(arr))])
+    return pc.cast(pc.if_else(mask, pa.scalar(None, arr.type), arr), target)
 
 
 def _with_meta(table: pa.Table, batch: str, now: dt.datetime, landing: Landing) -> pa.Table:
@@ -117,14 +215,11 @@ def _with_meta(table: pa.Table, batch: str, now: dt.datetime, landing: Landing) 
         ("_source_checksum", pa.array([landing.checksum] * n, pa.string())),
     ):
         table = table.append_column(name, arr)
-    # Delta has no null type: an all-empty column lands as text
-    return table.cast(
-        pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema])
-    )
+    return table
 
 
 def _quarantine_table(
-    source: Source, rejected: list[Rejected], batch: str, now: dt.datetime, landing: Landing
+    source: Source, rejected: list[Rejected], batch: str, now: dt.datetime, landing: Landing, file_done: bool = False
 ) -> pa.Table:
     def qid(r: Rejected) -> str:
         return hashlib.sha256(f"{source.key}\0{r.record}\0{r.reason}".encode()).hexdigest()
@@ -141,75 +236,190 @@ def _quarantine_table(
             "location": pa.array([r.location for r in rejected], pa.string()),
             "_source_file": pa.array([landing.file] * n, pa.string()),
             "_source_checksum": pa.array([landing.checksum] * n, pa.string()),
+            # a file with no good rows is finished once its rejects are here (nothing goes to bronze)
+            "_file_done": pa.array([file_done] * n, pa.bool_()),
             "_batch": pa.array([batch] * n, pa.string()),
             "_ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
     )
 
 
-def _loaded_files(*tables: pa.Table | None) -> set[tuple[str, str]]:
-    loaded: set[tuple[str, str]] = set()
-    for t in tables:
-        if t is not None and "_source_file" in t.column_names:
-            pairs = t.select(["_source_file", "_source_checksum"]).group_by(["_source_file", "_source_checksum"])
-            for row in pairs.aggregate([]).to_pylist():
-                if row["_source_file"]:
-                    loaded.add((row["_source_file"], row["_source_checksum"]))
-    return loaded
+def _file_pairs(table: pa.Table | None) -> set[tuple[str, str]]:
+    if table is None or "_source_file" not in table.column_names or table.num_rows == 0:
+        return set()
+    if "_file_done" in table.column_names:
+        table = table.filter(pc.fill_null(table.column("_file_done"), False))
+    pairs = table.select(["_source_file", "_source_checksum"]).group_by(["_source_file", "_source_checksum"])
+    return {(r["_source_file"], r["_source_checksum"]) for r in pairs.aggregate([]).to_pylist() if r["_source_file"]}
+
+
+class _Loader:
+    """One ingest run's state: bronze's current schema and what has been written so far."""
+
+    def __init__(self, cfg: CityConfig, source: Source, batch: str, log: Callable[[str], None]) -> None:
+        self.source, self.batch, self.log = source, batch, log
+        self.uri = lake.bronze_uri(cfg, source.agency, source.name)
+        self.quri = lake.quarantine_uri(cfg, source.agency, source.name)
+        self.schema = lake.schema(self.uri)
+        self.now = dt.datetime.now(dt.UTC)
+        self.result = IngestResult()
+        self.missing: set[str] = set()
+        self.bronze_files: set[str] = set()
+        self.suite = bronze_suite(source)
+
+    def prepare(self, landing: Landing, drop_identical: bool = False) -> tuple[pa.Table, list[Rejected]]:
+        """Keys checked, types conformed, metadata added: (rows for bronze, rows for quarantine)."""
+        self.result.rows_read += landing.rows.num_rows + len(landing.rejected)
+        location = landing.file or self.source.where
+        gated, failed = self.gate(landing.rows, location)
+        good, dupes = split_keys(gated, self.source.primary_key, location, drop_identical)
+        typed, uncastable, missing = conform(good, self.schema, self.source.primary_key, location)
+        if landing.rows.num_rows:
+            self.missing.update(missing)
+        return _with_meta(typed, self.batch, self.now, landing), landing.rejected + failed + dupes + uncastable
+
+    def gate(self, rows: pa.Table, location: str) -> tuple[pa.Table, list[Rejected]]:
+        """The bronze suite's row-level expectations: rows that fail one go to quarantine, named after it."""
+        good, failed = split_rows(self.suite, rows)
+        self.result.rows_gated += rows.num_rows
+        for _, reason in failed:
+            self.result.gate_failures[reason] = self.result.gate_failures.get(reason, 0) + 1
+        if not failed:
+            return good, []
+        records = rows.take([i for i, _ in failed]).to_pylist()
+        keys = self.source.primary_key
+        return good, [
+            Rejected(
+                json.dumps(r, default=str, sort_keys=True),
+                reason,
+                location,
+                record_key=_key_text(r, keys) if all(k in r for k in keys) else None,
+            )
+            for r, (_, reason) in zip(records, failed, strict=True)
+        ]
+
+    def quarantine(self, rejected: list[Rejected], landing: Landing, file_done: bool = False) -> None:
+        if rejected:
+            _write_quarantine(
+                self.quri, _quarantine_table(self.source, rejected, self.batch, self.now, landing, file_done)
+            )
+            self.result.quarantined += len(rejected)
+
+    def written(self, rows: int, landed: int, rejected: int, what: str = "") -> None:
+        self.schema = lake.schema(self.uri)
+        self.result.rows_written += rows
+        self.log(f"{self.source.key}: {landed} rows landed ({rows} new or changed), {rejected} quarantined{what}")
+
+    def compare(self, table: pa.Table) -> list[str]:
+        return [c for c in table.column_names if c not in UNCOMPARED and c not in self.source.primary_key]
+
+    def load_file(self, landing: Landing) -> None:
+        """A file's rows replace that file's earlier rows."""
+        table, rejected = self.prepare(landing)
+        self.quarantine(rejected, landing, file_done=table.num_rows == 0)
+        if table.num_rows or landing.file in self.bronze_files:
+            lake.overwrite_where(self.uri, table, "_source_file", landing.file)
+        self.result.files_loaded.append(landing.file)
+        self.written(table.num_rows, table.num_rows, len(rejected), f" from {landing.file}")
+
+    def load_upsert(self, landings: list[Landing], drop_identical: bool = False) -> None:
+        """Rows upserted by key (cursor sources, MQTT batches); unchanged rows are not rewritten."""
+        tables, rejected = [], []
+        for landing in landings:
+            table, rej = self.prepare(landing, drop_identical)
+            self.quarantine(rej, landing)
+            tables.append(table)
+            rejected += rej
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        if len(landings) > 1:
+            # at-least-once delivery: the same message may come in two batches
+            table, dupes = split_keys(table, self.source.primary_key, self.source.where, drop_identical)
+            self.quarantine(dupes, Landing(rows=pa.table({})))
+            rejected += dupes
+        n = lake.upsert(self.uri, table, self.source.primary_key, self.compare(table)) if table.num_rows else 0
+        for landing in landings:
+            if landing.after_commit:
+                landing.after_commit()
+        self.written(n, table.num_rows, len(rejected))
+
+    def load_snapshot(self, landings: list[Landing]) -> None:
+        """The whole source replaces bronze in one commit, touching only rows that differ."""
+        rows = pa.concat_tables([x.rows for x in landings], promote_options="permissive")
+        landing = Landing(rows=rows, rejected=[r for x in landings for r in x.rejected])
+        table, rejected = self.prepare(landing)
+        self.quarantine(rejected, landing)
+        n = lake.sync(self.uri, table, self.source.primary_key, self.compare(table))
+        self.written(n, table.num_rows, len(rejected))
 
 
 def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], None] = lambda _m: None) -> IngestResult:
-    """Load what is new in `source` into bronze; return what was done."""
-    uri = lake.bronze_uri(cfg, source.agency, source.name)
-    quri = lake.quarantine_uri(cfg, source.agency, source.name)
-    bronze = lake.read_table(uri)
-    quarantine = lake.read_table(quri, columns=["_source_file", "_source_checksum"])
-    before = set(bronze.column_names) if bronze is not None else set()
-    result = IngestResult(cursor_before=stored_cursor(source, bronze))
-    loaded = _loaded_files(bronze, quarantine) if source.kind == "files" else set()
-    del bronze  # only its cursor and file list were needed
-    now = dt.datetime.now(dt.UTC)
-    snapshot: list[pa.Table] = []
-    for landing in read_source(source, result.cursor_before, loaded):
-        result.rows_read += landing.rows.num_rows + len(landing.rejected)
-        good, dupes = split_keys(landing.rows, source.primary_key, landing.file or source.where)
-        rejected = landing.rejected + dupes
-        table = _with_meta(good, batch, now, landing)
-        if landing.file:
-            lake.overwrite_where(uri, table, "_source_file", landing.file)
-            result.files_loaded.append(landing.file)
-        elif cursor_field(source):
-            lake.upsert(uri, table, source.primary_key)
-        else:
-            snapshot.append(table)
-        if rejected:
-            _write_quarantine(quri, _quarantine_table(source, rejected, batch, now, landing))
-        result.rows_written += table.num_rows
-        result.quarantined += len(rejected)
-        log(
-            f"{source.key}: {table.num_rows} rows landed, {len(rejected)} quarantined"
-            + (f" from {landing.file}" if landing.file else "")
+    """Load what is new in `source` into bronze; return what was done.
+
+    Errors name the source and never hold a secret (resolved `${VAR}` values are redacted).
+    """
+    try:
+        return _ingest(cfg, source, batch, log)
+    except Exception as exc:
+        message = str(exc)
+        clean = redact(message, source)
+        if clean != message:
+            # the original (and its traceback) held a secret: do not chain it
+            raise SourceError(f"{source.where}: {type(exc).__name__}: {clean}") from None
+        raise
+
+
+def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], None]) -> IngestResult:
+    loader = _Loader(cfg, source, batch, log)
+    uri, result = loader.uri, loader.result
+    before = set(loader.schema.names) if loader.schema is not None else set()
+    version_before = lake.open_table(uri).version() if loader.schema is not None else -1
+    col = cursor_field(source)
+    if col and loader.schema is not None:
+        # only the cursor column is read: the cursor is bronze's own maximum
+        result.cursor_before = stored_cursor(source, lake.read_table(uri, columns=[col]))
+    loaded: set[tuple[str, str]] = set()
+    if source.kind == "files":
+        in_bronze = _file_pairs(lake.read_table(uri, columns=["_source_file", "_source_checksum"]))
+        loader.bronze_files = {f for f, _ in in_bronze}
+        loaded = in_bronze | _file_pairs(
+            lake.read_table(loader.quri, columns=["_source_file", "_source_checksum", "_file_done"])
         )
-    if snapshot:
-        lake.replace(uri, pa.concat_tables(snapshot, promote_options="permissive"))
+    pending: list[Landing] = []
+    budget = int(source.get("batch_rows", 50_000))
+    for landing in read_source(source, result.cursor_before, loaded):
+        if source.kind == "files":
+            loader.load_file(landing)
+        elif source.kind == "mqtt":
+            # many small batch files make one commit, up to batch_rows rows
+            pending.append(landing)
+            if sum(x.rows.num_rows for x in pending) >= budget:
+                loader.load_upsert(pending, drop_identical=True)
+                pending = []
+        elif col:
+            loader.load_upsert([landing])
+        else:
+            pending.append(landing)
+    if pending and source.kind == "mqtt":
+        loader.load_upsert(pending, drop_identical=True)
+    elif source.kind != "mqtt" and not col and source.kind != "files":
+        if pending:
+            loader.load_snapshot(pending)
+        elif loader.schema is not None:
+            # the source is empty now: so is its snapshot
+            loader.load_snapshot([Landing(rows=pa.table({k: pa.array([], pa.string()) for k in source.primary_key}))])
     dt_ = lake.open_table(uri)
     if dt_ is None:
         # an empty source still gets its (empty) table, so dbt and analysts can read it
-        lake.replace(
-            uri,
-            _with_meta(
-                pa.table({k: pa.array([], pa.string()) for k in source.primary_key}),
-                batch,
-                now,
-                Landing(rows=pa.table({})),
-            ),
-        )
+        empty = pa.table({k: pa.array([], pa.string()) for k in source.primary_key})
+        lake.replace(uri, _with_meta(empty, batch, loader.now, Landing(rows=pa.table({}))))
         dt_ = lake.open_table(uri)
-    if lake.open_table(quri) is None:
-        _write_quarantine(quri, _quarantine_table(source, [], batch, now, Landing(rows=pa.table({}))))
+    if lake.open_table(loader.quri) is None:
+        _write_quarantine(loader.quri, _quarantine_table(source, [], batch, loader.now, Landing(rows=pa.table({}))))
     result.delta_version = dt_.version()
-    names = dt_.schema().to_arrow().names
+    result.versions_committed = dt_.version() - version_before
+    names = pa.schema(dt_.schema().to_arrow()).names
     result.columns_added = [c for c in names if before and c not in before]
+    result.columns_missing = sorted(loader.missing)
     result.row_count = dt_.to_pyarrow_dataset().count_rows()
     return result
 

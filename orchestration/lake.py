@@ -49,10 +49,14 @@ def open_table(uri: str) -> DeltaTable | None:
 
 
 def read_table(uri: str, columns: Sequence[str] | None = None) -> pa.Table | None:
+    """The table at uri (None before its first commit); `columns` reads only those that exist."""
     dt = open_table(uri)
     if dt is None:
         return None
-    return dt.to_pyarrow_dataset().to_table(columns=list(columns) if columns else None)
+    dataset = dt.to_pyarrow_dataset()
+    if columns is not None:
+        columns = [c for c in columns if c in dataset.schema.names]
+    return dataset.to_table(columns=list(columns) if columns is not None else None)
 
 
 def _sql_literal(value: str) -> str:
@@ -76,20 +80,56 @@ def replace(uri: str, data: pa.Table) -> None:
     write_deltalake(uri, data, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
 
 
-def upsert(uri: str, data: pa.Table, keys: Sequence[str]) -> None:
-    """Insert new keys, update existing ones: rows updated at the source update bronze."""
+def schema(uri: str) -> pa.Schema | None:
+    """The Arrow schema of the Delta table at uri (None before its first commit)."""
+    dt = open_table(uri)
+    return None if dt is None else pa.schema(dt.schema().to_arrow())
+
+
+def _changed(columns: Sequence[str]) -> str:
+    # a matched row is rewritten only when a compared value differs, so an unchanged rerun commits nothing
+    return " or ".join(f"(t.`{c}` is distinct from s.`{c}`)" for c in columns) or "false"
+
+
+def upsert(uri: str, data: pa.Table, keys: Sequence[str], compare: Sequence[str]) -> int:
+    """Insert new keys, update rows whose `compare` columns changed; returns the rows written.
+
+    delta-rs commits nothing when a merge changes nothing, so a rerun over unchanged rows leaves the
+    table at its version.
+    """
+    return _merge(uri, data, keys, compare, delete_missing=False)
+
+
+def sync(uri: str, data: pa.Table, keys: Sequence[str], compare: Sequence[str]) -> int:
+    """Make the table equal `data` (a full snapshot) in one commit, touching only rows that differ.
+
+    Returns the rows inserted, updated or deleted; 0 means nothing was committed.
+    """
+    return _merge(uri, data, keys, compare, delete_missing=True)
+
+
+def _merge(uri: str, data: pa.Table, keys: Sequence[str], compare: Sequence[str], delete_missing: bool) -> int:
+    """One merge commit keyed on `keys`: insert new keys, update rows whose `compare` columns changed
+    and, for a snapshot, delete keys no longer delivered. Returns the rows written (0: no commit)."""
     dt = open_table(uri)
     if dt is None:
         write_deltalake(uri, data, mode="append", storage_options=storage_options(uri))
-        return
+        return data.num_rows
     _evolve_schema(uri, dt, data)
+    dt = open_table(uri)
     # keys are never null here: rows without a key were quarantined before the merge
     predicate = " and ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-    (
+    merger = (
         dt.merge(data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
-        .when_matched_update_all()
+        .when_matched_update_all(predicate=_changed(compare))
         .when_not_matched_insert_all()
-        .execute()
+    )
+    if delete_missing:
+        merger = merger.when_not_matched_by_source_delete()
+    metrics = merger.execute()
+    return sum(
+        int(metrics.get(k, 0))
+        for k in ("num_target_rows_inserted", "num_target_rows_updated", "num_target_rows_deleted")
     )
 
 

@@ -6,7 +6,7 @@ decided once, in `orchestration.ingest`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,8 @@ class Landing:
     #: for files: the file this landing replaces in bronze (path) and its checksum
     file: str | None = None
     checksum: str | None = None
+    #: called once the landing's rows are committed to bronze (MQTT: move the batch file aside)
+    after_commit: Callable[[], None] | None = None
 
 
 def text_table(records: list[dict[str, Any]]) -> pa.Table:
@@ -73,8 +75,49 @@ def read_source(source: Source, cursor: Any | None, loaded_files: set[tuple[str,
         from orchestration.connectors.files import read_files
 
         yield from read_files(source, loaded_files)
+    elif source.kind == "mqtt":
+        from orchestration.connectors.mqtt import read_mqtt_batches
+
+        yield from read_mqtt_batches(source)
     else:
-        raise NotImplementedError(
-            f"{source.where}: kind '{source.kind}' has no connector in this version "
-            "(the MQTT subscriber is tracked as its own issue)"
-        )
+        raise ValueError(f"{source.where}.kind: '{source.kind}' has no connector")
+
+
+def secret_values(source: Source) -> list[str]:
+    """Every resolvable secret of the source, longest first: `${VAR}` values, whole resolved strings
+    and a URL's password, so `redact` removes them however a driver quotes them in its messages."""
+    import os
+    import re
+    from urllib.parse import unquote, urlparse
+
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and "${" in value:
+            names = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value)
+            if all(n in os.environ for n in names):
+                resolved = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: os.environ[m.group(1)], value)
+                found.add(resolved)
+                try:
+                    password = urlparse(resolved).password
+                except ValueError:
+                    password = None
+                if password:
+                    found.update({password, unquote(password)})
+            found.update(os.environ[n] for n in names if n in os.environ)
+
+    walk(source.raw)
+    return sorted((v for v in found if len(v) >= 3), key=len, reverse=True)
+
+
+def redact(text: str, source: Source) -> str:
+    """`text` with every secret of the source replaced by `<redacted>` (for messages and logs)."""
+    for value in secret_values(source):
+        text = text.replace(value, "<redacted>")
+    return text

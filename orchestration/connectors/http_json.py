@@ -1,15 +1,25 @@
 """HTTP JSON APIs (Open311 GeoReport v2 works as is): pagination, a cursor parameter, auth headers,
-retries with exponential backoff and jitter on 429, 5xx and timeouts.
+retries with exponential backoff and jitter on 429, 5xx, timeouts and truncated bodies.
 
-Source keys: url; pagination {param, size_param, size} (page numbers from 1); cursor {field, param};
-headers {Name: "${ENV_VAR}"}; records_path (a dotted path when the array is nested in an object);
-timeout_s (30); max_retries (5).
+Source keys:
+- url (may hold `${VAR}`; messages show it unresolved, so a token in the URL is never printed)
+- pagination: `{param: page, size_param: page_size, size: 1000}` (page numbers from `start`, 1);
+  `{style: offset, param: offset, size_param: limit, size: 500}`; or
+  `{style: next, next_path: links.next}` (the next page's URL in the body; without next_path, the
+  `Link: <...>; rel="next"` header). Page and offset styles stop at the first short page.
+- cursor: `{field, param}`: the stored maximum of `field` is sent as `param` (first request only for
+  next-link paging, whose links carry it on)
+- headers: `{Authorization: "Bearer ${TOKEN}"}` (values resolved from the environment)
+- records_path (a dotted path when the array is nested in an object), timeout_s (30),
+  max_retries (5), backoff_s (0.5: the first wait; doubles each try, jittered, capped at 30 s)
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -20,75 +30,135 @@ from typing import Any
 from orchestration.config import Source
 from orchestration.connectors import Landing, Rejected, text_table
 
-RETRY_STATUSES = {429, 500, 502, 503, 504}
+RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+PAGINATION_STYLES = ("page", "offset", "next")
+#: a runaway API (a next link pointing at itself) stops here instead of looping forever
+MAX_PAGES = 100_000
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
 class SourceUnavailable(RuntimeError):
-    """The source still failed after the last retry."""
+    """The source still failed after the last retry, or answered something citylake cannot use."""
 
 
-def _get(url: str, headers: dict[str, str], timeout: float, retries: int, where: str) -> Any:
+def _get(url: str, shown: str, headers: dict[str, str], source: Source) -> tuple[Any, http.client.HTTPMessage]:
+    """GET url as JSON with retries; `shown` is the URL as it may appear in messages."""
+    timeout = float(source.get("timeout_s", 30))
+    retries = int(source.get("max_retries", 5))
+    backoff = float(source.get("backoff_s", 0.5))
     last = ""
     for attempt in range(retries + 1):
+        wait = 0.0
         try:
             req = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
+                return json.loads(resp.read().decode("utf-8")), resp.headers
         except urllib.error.HTTPError as exc:
             if exc.code not in RETRY_STATUSES:
-                raise SourceUnavailable(f"{where}: {url} answered HTTP {exc.code}; not retried") from None
+                raise SourceUnavailable(
+                    f"{source.where}: {shown} answered HTTP {exc.code} {exc.reason}; not retried "
+                    "(check url, headers and credentials)"
+                ) from None
             last = f"HTTP {exc.code}"
-            wait = float(exc.headers.get("Retry-After") or 0)
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-            wait = 0.0
-        except json.JSONDecodeError as exc:
-            last = f"a truncated or non-JSON body ({exc.msg} at char {exc.pos})"
-            wait = 0.0
+            retry_after = exc.headers.get("Retry-After") or ""
+            wait = min(60.0, float(retry_after)) if retry_after.strip().isdigit() else 0.0
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            # HTTPException covers IncompleteRead: the server closed mid-body (a truncated page)
+            last = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            last = f"a truncated or non-JSON body ({exc})"
         if attempt < retries:
-            time.sleep(max(wait, min(30.0, 0.25 * 2**attempt) * (0.5 + random.random())))
-    raise SourceUnavailable(f"{where}: {url} failed after {retries + 1} tries; last error: {last}")
+            time.sleep(max(wait, min(30.0, backoff * 2**attempt) * (0.5 + random.random())))
+    raise SourceUnavailable(f"{source.where}: {shown} failed after {retries + 1} tries; last error: {last}")
 
 
-def _records(body: Any, path: str | None, where: str) -> list[dict]:
+def _dig(body: Any, path: str | None) -> Any:
     for part in path.split(".") if path else []:
         body = body.get(part) if isinstance(body, dict) else None
-    if not isinstance(body, list):
-        raise SourceUnavailable(
-            f"{where}: expected a JSON array of records at '{path or '(top level)'}', "
-            f"got {type(body).__name__}; set records_path"
-        )
     return body
 
 
+def _records(body: Any, path: str | None, where: str) -> list:
+    records = _dig(body, path)
+    if not isinstance(records, list):
+        raise SourceUnavailable(
+            f"{where}: expected a JSON array of records at '{path or '(top level)'}', "
+            f"got {type(records).__name__}; set records_path"
+        )
+    return records
+
+
+def _with_params(url: str, params: dict[str, Any]) -> str:
+    if not params:
+        return url
+    return url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
+
+
+def pagination(source: Source) -> dict[str, Any]:
+    """The source's pagination block with defaults filled in; a wrong style names the key."""
+    paging = dict(source.get("pagination") or {})
+    if not paging:
+        return {}
+    style = paging.get("style", "page")
+    if style not in PAGINATION_STYLES:
+        raise SourceUnavailable(
+            f"{source.where}.pagination.style: '{style}' is not supported; use one of {', '.join(PAGINATION_STYLES)}"
+        )
+    paging["style"] = style
+    if style == "page":
+        paging.setdefault("param", "page")
+        paging.setdefault("size_param", "page_size")
+    elif style == "offset":
+        paging.setdefault("param", "offset")
+        paging.setdefault("size_param", "limit")
+    paging["size"] = int(paging.get("size", 1000))
+    return paging
+
+
 def read_http_json(source: Source, cursor: Any | None) -> Iterator[Landing]:
-    url = source.get("url")
+    """Every page past `cursor`, one Landing per page (non-object records are rejected)."""
+    raw_url = str(source.get("url"))
+    url = source.secret_value(raw_url, "url")
     headers = {k: source.secret_value(v, f"headers.{k}") for k, v in (source.get("headers") or {}).items()}
-    paging = source.get("pagination") or {}
+    paging = pagination(source)
+    style = paging.get("style")
     cur = source.get("cursor")
     params: dict[str, Any] = {}
     if isinstance(cur, dict) and cursor is not None and cur.get("param"):
         params[cur["param"]] = cursor
-    page = 1
-    size = int(paging.get("size", 1000))
-    while True:
-        if paging:
-            params[paging.get("param", "page")] = page
-            params[paging.get("size_param", "page_size")] = size
-        sep = "&" if "?" in url else "?"
-        full = url + (sep + urllib.parse.urlencode(params) if params else "")
-        records = _records(
-            _get(full, headers, float(source.get("timeout_s", 30)), int(source.get("max_retries", 5)), source.where),
-            source.get("records_path"),
-            source.where,
-        )
+    position = int(paging.get("start", 1)) if style == "page" else 0
+    next_url: str | None = None
+    seen: set[str] = set()
+    for _ in range(MAX_PAGES):
+        if style in ("page", "offset"):
+            params[paging["param"]] = position
+            params[paging["size_param"]] = paging["size"]
+        full = next_url or _with_params(url, params)
+        shown = full.replace(url, raw_url) if next_url is None else full.split("?")[0] + "?..."
+        body, resp_headers = _get(full, shown, headers, source)
+        records = _records(body, source.get("records_path"), source.where)
         good = [r for r in records if isinstance(r, dict)]
-        rejected = [_reject(r, f"{full} item {i}") for i, r in enumerate(records) if not isinstance(r, dict)]
+        rejected = [_reject(r, f"{shown} item {i}") for i, r in enumerate(records) if not isinstance(r, dict)]
         if good or rejected:
             yield Landing(rows=text_table(good), rejected=rejected)
-        if not paging or len(records) < size:
-            break
-        page += 1
+        if style in ("page", "offset"):
+            if len(records) < paging["size"] or not records:
+                return
+            position += 1 if style == "page" else len(records)
+        elif style == "next":
+            link = _dig(body, paging.get("next_path")) if paging.get("next_path") else None
+            if not link and not paging.get("next_path"):
+                match = _LINK_NEXT.search(resp_headers.get("Link") or "")
+                link = match.group(1) if match else None
+            if not link or not records:
+                return
+            next_url = urllib.parse.urljoin(full, str(link))
+            if next_url in seen:
+                raise SourceUnavailable(f"{source.where}: the API's next link repeats ({next_url}); stopping")
+            seen.add(next_url)
+        else:
+            return
+    raise SourceUnavailable(f"{source.where}: more than {MAX_PAGES} pages; check the pagination settings")
 
 
 def _reject(record: Any, location: str) -> Rejected:

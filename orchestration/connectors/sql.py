@@ -1,11 +1,14 @@
 """SQL sources (sqlite, postgres, mysql) through their DB-API drivers, streamed in batches.
 
 Incremental by `cursor:` (a column): rows with cursor >= the last stored value are read again and
-upserted, so rows that share the boundary value are never skipped and never duplicated.
+upserted, so rows that share the boundary value are never skipped and never duplicated. Rows stream
+from the server (a PostgreSQL named cursor, a MySQL unbuffered cursor) in batches of `batch_rows`
+(50 000), so a table larger than memory loads in bounded memory.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +26,8 @@ def connect(source: Source):
         import sqlite3
 
         path = source.local_path()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{source.where}.path: no SQLite database at {path}; fix the path in city.yaml")
         # read-only: citylake never writes to an agency's database
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     if source.kind == "postgres":
@@ -62,17 +67,52 @@ def source_query(source: Source, cursor: Any | None) -> tuple[str, tuple]:
     return f"select * from ({base}) as src{where} order by {qcol}", (() if cursor is None else (cursor,))
 
 
+def _column(values: list[Any]) -> pa.Array:
+    """One column of a batch; values a driver returns with mixed types (SQLite) land as text."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def batch_table(names: list[str], rows: list[tuple]) -> pa.Table:
+    """DB-API rows as an Arrow table; types are inferred per batch and cast to bronze's in ingest."""
+    return pa.table({n: _column([r[i] for r in rows]) for i, n in enumerate(names)})
+
+
+def _streaming_cursor(conn, source: Source):
+    """A cursor that streams rows from the server instead of buffering the whole result client side."""
+    if source.kind == "postgres":
+        # a named cursor is a server-side portal: rows arrive itersize at a time
+        cur = conn.cursor(name=f"citylake_{source.agency}_{source.name}")
+        cur.itersize = batch_rows(source)
+        return cur
+    if source.kind == "mysql":
+        import pymysql.cursors
+
+        return conn.cursor(pymysql.cursors.SSCursor)
+    return conn.cursor()
+
+
+def batch_rows(source: Source) -> int:
+    """Rows per batch (`batch_rows:`, default 50 000): bounds the memory a load needs."""
+    return int(source.get("batch_rows", BATCH_ROWS))
+
+
 def read_sql(source: Source, cursor: Any | None) -> Iterator[Landing]:
+    """The source's rows past `cursor`, one Landing per batch of `batch_rows`, in cursor order."""
     sql, params = source_query(source, cursor)
+    size = batch_rows(source)
     conn = connect(source)
     try:
-        cur = conn.cursor()
+        cur = _streaming_cursor(conn, source)
         cur.execute(sql, params)
         names = [d[0] for d in cur.description]
         while True:
-            rows = cur.fetchmany(BATCH_ROWS)
+            rows = cur.fetchmany(size)
             if not rows:
                 break
-            yield Landing(rows=pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}))
+            yield Landing(rows=batch_table(names, rows))
+        cur.close()
     finally:
         conn.close()

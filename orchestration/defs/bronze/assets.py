@@ -36,7 +36,11 @@ def bronze_asset(source: Source) -> dg.AssetsDefinition:
                 "files_loaded": len(result.files_loaded),
                 "cursor_before": str(result.cursor_before),
                 "columns_added": ", ".join(result.columns_added) or "none",
+                "columns_missing": ", ".join(result.columns_missing) or "none",
                 "delta_version": result.delta_version,
+                "delta_versions_committed": result.versions_committed,
+                # read by the bronze gate (defs/quality): this load judged against each expectation's `mostly`
+                "row_gate": dg.MetadataValue.json({"rows": result.rows_gated, "failed": result.gate_failures}),
             }
         )
 

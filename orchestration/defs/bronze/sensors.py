@@ -1,0 +1,72 @@
+"""Sensors that start a bronze run when new data arrives: one per `files` source (new or changed
+files under its glob) and one per `mqtt` source (new batch files from `citylake listen`).
+
+A sensor only notices arrivals; which files are new is decided again, by path and checksum, when the
+run ingests (so a file seen twice by a sensor is still loaded once). Set `sensor: false` on a source
+to leave it to its schedule. Sensors start running with the daemon (`citylake dev`).
+"""
+
+import hashlib
+import json
+
+import dagster as dg
+
+from orchestration.city import city
+from orchestration.config import Source
+
+DEFAULT_INTERVAL_S = 30
+
+
+def arrivals(source: Source) -> dict[str, str]:
+    """Files waiting for the source now: path -> size and modification time."""
+    if source.kind == "mqtt":
+        from orchestration.connectors.mqtt import pending_batches
+
+        stamps = {}
+        for p in pending_batches(source):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # ingested (moved aside) while we listed
+                continue
+            stamps[str(p)] = f"{st.st_size}:{st.st_mtime_ns}"
+        return stamps
+    from orchestration.connectors.files import file_stamps
+
+    return file_stamps(source.local_path())
+
+
+def arrival_sensor(source: Source) -> dg.SensorDefinition:
+    """Request a run of bronze/<agency>/<source> when a file appears or changes."""
+    key = dg.AssetKey(["bronze", source.agency, source.name])
+
+    @dg.sensor(
+        name=f"bronze_{source.agency}__{source.name}_arrivals",
+        asset_selection=[key],
+        minimum_interval_seconds=int(source.get("sensor_interval_s", DEFAULT_INTERVAL_S)),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Starts bronze/{source.agency}/{source.name} when new "
+        + ("MQTT batches land." if source.kind == "mqtt" else f"files match {source.get('path')}."),
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        seen = json.loads(context.cursor) if context.cursor else {}
+        now = arrivals(source)
+        new = sorted(p for p, stamp in now.items() if seen.get(p) != stamp)
+        if not new:
+            return dg.SkipReason(f"no new files for {source.key}")
+        run_key = hashlib.sha256(json.dumps([(p, now[p]) for p in new]).encode()).hexdigest()[:32]
+        # the cursor keeps only what still exists, so it stays as small as the folder
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(run_key=run_key, asset_selection=[key], tags={"citylake/new_files": str(len(new))})
+            ],
+            cursor=json.dumps(now),
+        )
+
+    return _sensor
+
+
+defs = dg.Definitions(
+    sensors=[
+        arrival_sensor(s) for s in city().sources if s.kind in ("files", "mqtt") and s.get("sensor", True) is not False
+    ]
+)

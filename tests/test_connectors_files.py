@@ -1,0 +1,115 @@
+"""File drops: every format and the CSV options, each file loaded once by path + checksum, a
+re-delivered file replacing its rows, an unparseable file recorded in quarantine once, and the
+arrival sensor requesting a run only when something new lands."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from openpyxl import Workbook
+
+from tests.connectors_support import bronze_rows, one_source, quarantine_rows, run, version
+
+
+def test_csv_options_redelivery_and_unparseable_file(tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    # a Latin-1, semicolon-separated export with a ragged line
+    (drop / "2025-01.csv").write_bytes("meter;month;kwh;note\nm1;2025-01;10,5;Café\nm2;2025-01;7\n".encode("latin-1"))
+    spec = {
+        "kind": "files",
+        "path": str(drop / "*.csv"),
+        "format": "csv",
+        "delimiter": ";",
+        "encoding": "latin-1",
+        "primary_key": ["meter", "month"],
+    }
+    cfg, src = one_source(tmp_path, "energy", "meters", spec)
+    first = run(cfg, src)
+    assert first.rows_written == 1 and first.quarantined == 1
+    (row,) = bronze_rows(cfg, src)
+    assert row["note"] == "Café" and row["kwh"] == "10,5" and row["_source_file"] == str(drop / "2025-01.csv")
+    assert row["_source_checksum"] and row["_batch"] == "run-1"
+    (q,) = quarantine_rows(cfg, src)
+    assert q["reason"] == "expected 4 fields, got 3" and q["location"].endswith("2025-01.csv:3")
+
+    # unchanged: skipped, no new Delta version
+    v1 = version(cfg, src)
+    assert run(cfg, src, "run-2").files_loaded == [] and version(cfg, src) == v1
+
+    # re-delivered with corrected content: its rows replace the earlier ones; a second file is added
+    (drop / "2025-01.csv").write_bytes(b"meter;month;kwh;note\nm1;2025-01;11;x\nm2;2025-01;7;y\n")
+    (drop / "2025-02.csv").write_bytes(b"meter;month;kwh;note\nm1;2025-02;12;z\n")
+    third = run(cfg, src, "run-3")
+    assert len(third.files_loaded) == 2 and third.row_count == 3
+    assert [(r["meter"], r["month"], r["kwh"]) for r in bronze_rows(cfg, src)] == [
+        ("m1", "2025-01", "11"),
+        ("m1", "2025-02", "12"),
+        ("m2", "2025-01", "7"),
+    ]
+
+
+def test_every_format_and_a_broken_file_recorded_once(tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    wb = Workbook()
+    wb.active.append(["route", "tonnes"])
+    wb.active.append(["r1", 1.5])
+    wb.save(drop / "a.xlsx")
+    (drop / "b.json").write_text(json.dumps({"items": [{"route": "r2", "tonnes": 2}]}))
+    (drop / "c.jsonl").write_text('{"route": "r3", "tonnes": 3}\nnot json\n')
+    pq.write_table(pa.table({"route": ["r4"], "tonnes": [4.0]}), drop / "d.parquet")
+    (drop / "e.json").write_text('{"items": [{"route": "r5"')  # cut short
+    for fmt, pattern, extra, expected in [
+        ("xlsx", "*.xlsx", {}, [("r1", "1.5")]),
+        ("json", "*.json", {"records_path": "items"}, [("r2", "2")]),
+        ("jsonl", "*.jsonl", {}, [("r3", "3")]),
+        ("parquet", "*.parquet", {}, [("r4", 4.0)]),
+    ]:
+        spec = {"kind": "files", "path": str(drop / pattern), "format": fmt, "primary_key": ["route"], **extra}
+        cfg, src = one_source(tmp_path / fmt, "waste", fmt, spec)
+        result = run(cfg, src)
+        assert [(r["route"], r["tonnes"]) for r in bronze_rows(cfg, src)] == expected, fmt
+        if fmt == "json":
+            # e.json could not be parsed: recorded with its reason, and not retried while unchanged
+            (q,) = quarantine_rows(cfg, src)
+            assert q["location"].endswith("e.json") and "could not be parsed as json" in q["reason"]
+            assert result.quarantined == 1
+            again = run(cfg, src, "run-2")
+            assert again.rows_read == 0 and len(quarantine_rows(cfg, src)) == 1
+        if fmt == "jsonl":
+            (q,) = quarantine_rows(cfg, src)
+            assert q["location"].endswith("c.jsonl:2") and q["reason"].startswith("not valid JSON")
+
+
+def test_arrival_sensor_requests_a_run_only_for_new_files(tmp_path, monkeypatch):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    spec = {"kind": "files", "path": str(drop / "*.csv"), "format": "csv", "primary_key": ["id"]}
+    cfg, src = one_source(tmp_path, "energy", "meters", spec)
+    monkeypatch.setenv("CITYLAKE_CONFIG", str(cfg.path))
+    from orchestration.city import city
+
+    city.cache_clear()
+    sensors = importlib.import_module("orchestration.defs.bronze.sensors")
+    sensor = sensors.arrival_sensor(src)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor):
+        ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+        return sensor(ctx)
+
+    assert isinstance(tick(None), dg.SkipReason)
+    (drop / "a.csv").write_text("id\n1\n")
+    result = tick(None)
+    (request,) = result.run_requests
+    assert request.asset_selection == [dg.AssetKey(["bronze", "energy", "meters"])]
+    assert isinstance(tick(result.cursor), dg.SkipReason)
+    (drop / "b.csv").write_text("id\n2\n")
+    second = tick(result.cursor)
+    assert len(second.run_requests) == 1 and second.run_requests[0].run_key != request.run_key
+    city.cache_clear()
