@@ -13,6 +13,7 @@ generated model for a source too odd for a mapping (it must return the same colu
 from __future__ import annotations
 
 import csv
+import fcntl
 import functools
 import hashlib
 import json
@@ -20,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -31,6 +33,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 GENERATED = Path("models") / "staging" / "_generated"
 GENERATED_UNIONS = Path("models") / "intermediate" / "_generated"
 CITY_SEEDS = ("city_districts", "city_population")
+#: the districts' polygons (code, geometry_wkt), beside the seeds rather than in one: a real city's
+#: boundaries (NYC's community districts) exceed the 128 KiB CSV field dbt's seed loader accepts
+BOUNDARIES = Path("data") / "city_district_boundaries.parquet"
 
 
 @functools.cache
@@ -264,24 +269,141 @@ def _district_rows(cfg: CityConfig) -> list[dict]:
     return rows
 
 
+def population_rows(cfg: CityConfig) -> list[dict]:
+    """districts.population as (code, population, year) rows: as delivered, or unpivoted from a wide
+    census table (`districts.population_format: {layout: wide, code, year_columns}`), so a city can
+    point at its statistics office's file as published instead of keeping a hand-converted copy."""
+    fmt = cfg.population_format
+    if not fmt:
+        with open(cfg.population, newline="", encoding="utf-8-sig") as f:
+            pop = list(csv.DictReader(f))
+        if pop and not {"code", "population", "year"} <= set(pop[0]):
+            raise ValueError(
+                f"districts.population: {cfg.population} needs columns code, population, year; it has "
+                f"{', '.join(pop[0])} (a table with one column per census year needs districts.population_format)"
+            )
+        return [{k: r[k] for k in ("code", "population", "year")} for r in pop]
+    import duckdb
+
+    where = "districts.population_format"
+    con = duckdb.connect()
+    try:
+        src = con.read_csv(str(cfg.population), header=True, all_varchar=True)
+        pattern = re.compile(fmt["year_columns"])
+        years = {c: m.group(1) for c in src.columns if (m := pattern.search(c))}
+        if not years:
+            raise ValueError(
+                f"{where}.year_columns: no column of {cfg.population} matches '{fmt['year_columns']}'; "
+                f"its columns are {', '.join(src.columns)}"
+            )
+        con.register("population_source", src)
+        # one select per census-year column; thousands separators ("1,234") are common in census tables
+        numbered = "(select *, row_number() over () as _citylake_row from population_source)"
+        parts = [
+            f"select _citylake_row as source_row, nullif(trim(cast({_expr(fmt['code'])} as varchar)), '') as code, "
+            f"{_sql_str(year)} as year, nullif(trim({_quote(col)}), '') as population_text from {numbered}"
+            for col, year in years.items()
+        ]
+        try:
+            rows = con.sql(" union all ".join(parts) + " order by source_row, year").fetchall()
+        except duckdb.Error as exc:
+            raise ValueError(
+                f"{where}.code: '{fmt['code']}' cannot be evaluated over {cfg.population}: {exc}"
+            ) from None
+    finally:
+        con.close()
+    out = []
+    for source_row, code, year, text in rows:
+        if text is None:
+            continue  # no census of this district in this year
+        if code is None:
+            raise ValueError(f"{where}.code: gives no district code for data row {source_row} of {cfg.population}")
+        try:
+            population = int(float(text.replace(",", "")))
+        except ValueError:
+            raise ValueError(
+                f"districts.population: '{text}' in data row {source_row} ({year}) of {cfg.population} is not a number"
+            ) from None
+        out.append({"code": code, "population": population, "year": year})
+    return out
+
+
+def _quote(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
 def _write_csv(path: Path, rows: list[dict], header: list[str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=header)
+        w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
 
+def _write_boundaries(path: Path, districts: list[dict]) -> None:
+    """The districts' polygons as Parquet (code, geometry_wkt), read by dim_district."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "code": pa.array([d["code"] for d in districts], pa.string()),
+            "geometry_wkt": pa.array([d["geometry_wkt"] for d in districts], pa.string()),
+        }
+    )
+    # plain columns (no statistics, no Arrow schema blob): the same districts give the same bytes, so the
+    # project's fingerprint (and the skipped `dbt parse`) holds across runs
+    pq.write_table(table, path, write_statistics=False, store_schema=False)
+
+
 def build_project(cfg: CityConfig) -> Path:
-    """Render the city's dbt project under <state_dir>/dbt and parse it when it changed."""
+    """Render the city's dbt project under <state_dir>/dbt and parse it when it changed.
+
+    The project is rendered aside and synced in under a lock, writing only files whose content
+    changed: a run building concurrently from the same project never sees a file disappear."""
     out = cfg.state_dir / "dbt"
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cfg.state_dir, prefix=".dbt-render-") as tmp:
+        _render(cfg, Path(tmp), out)
+        with open(cfg.state_dir / "dbt.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _sync(Path(tmp), out)
+            parse_if_changed(out)
+    return out
+
+
+def _sync(src: Path, dst: Path) -> None:
+    """Make dst's rendered files equal src's, touching only what differs (dbt's target/ is kept)."""
+    wanted = {p.relative_to(src) for p in src.rglob("*") if p.is_file()}
+    for rel in sorted(wanted):
+        target = dst / rel
+        data = (src / rel).read_bytes()
+        if not target.is_file() or target.read_bytes() != data:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+    for p in sorted(dst.rglob("*"), reverse=True):
+        rel = p.relative_to(dst)
+        if rel.parts[0] in ("target", "logs", "dbt_packages") or p.name == "dbt.lock":
+            continue
+        if p.is_file() and rel not in wanted:
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+
+
+def _render(cfg: CityConfig, out: Path, final: Path) -> None:
+    """Write the city's project into `out`; paths inside it point at `final`, where it will live."""
     for sub in ("models", "seeds", "macros", "tests"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
         if (PROJECT_DIR / sub).exists():
             shutil.copytree(PROJECT_DIR / sub, out / sub)
     project = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())
-    project["vars"] = {"city_timezone": cfg.timezone, "city_name": cfg.name}
+    project["vars"] = {
+        "city_timezone": cfg.timezone,
+        "city_name": cfg.name,
+        "city_district_boundaries": str(final / BOUNDARIES),
+    }
     (out / "dbt_project.yml").write_text(yaml.safe_dump(project, sort_keys=False))
     profile = {
         "citylake": {
@@ -300,18 +422,10 @@ def build_project(cfg: CityConfig) -> Path:
     (out / "profiles.yml").write_text(yaml.safe_dump(profile, sort_keys=False))
 
     seeds = out / "seeds"
-    _write_csv(seeds / "city_districts.csv", _district_rows(cfg), ["code", "name", "area_km2", "geometry_wkt"])
-    with open(cfg.population, newline="", encoding="utf-8-sig") as f:
-        pop = list(csv.DictReader(f))
-    if pop and not {"code", "population", "year"} <= set(pop[0]):
-        raise ValueError(
-            f"districts.population: {cfg.population} needs columns code, population, year; it has {', '.join(pop[0])}"
-        )
-    _write_csv(
-        seeds / "city_population.csv",
-        [{k: r[k] for k in ("code", "population", "year")} for r in pop],
-        ["code", "population", "year"],
-    )
+    districts = _district_rows(cfg)
+    _write_csv(seeds / "city_districts.csv", districts, ["code", "name", "area_km2"])
+    _write_boundaries(out / BOUNDARIES, districts)
+    _write_csv(seeds / "city_population.csv", population_rows(cfg), ["code", "population", "year"])
     for name, path in cfg.reference_data.items():
         shutil.copyfile(path, seeds / f"{name}.csv")
 
@@ -330,14 +444,13 @@ def build_project(cfg: CityConfig) -> Path:
     unions.mkdir(parents=True, exist_ok=True)
     for name, entity in ENTITIES.items():
         (unions / f"int_{name}__unioned.sql").write_text(render_union(entity, feeding[name]))
-    parse_if_changed(out)
-    return out
 
 
 def _fingerprint(project: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(project.rglob("*")):
-        if p.is_file() and "target" not in p.relative_to(project).parts and p.name != ".fingerprint":
+        # dbt's own output (target/, logs/) is not part of what was rendered
+        if p.is_file() and p.relative_to(project).parts[0] not in ("target", "logs"):
             h.update(str(p.relative_to(project)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()

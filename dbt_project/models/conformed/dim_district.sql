@@ -6,6 +6,13 @@ with districts as (
 
 ),
 
+boundaries as (
+
+    -- written by citylake beside the seeds: real polygons are too large for a CSV seed
+    select code, geometry_wkt from read_parquet('{{ var("city_district_boundaries") }}')
+
+),
+
 population as (
 
     select * from {{ ref('int_area_population') }}
@@ -22,8 +29,9 @@ final as (
         cast(districts.area_km2 as double) as area_km2,
         population.population,
         population.census_year as population_year,
-        districts.geometry_wkt
+        boundaries.geometry_wkt
     from districts
+    inner join boundaries on boundaries.code = cast(districts.code as varchar)
     left join population on population.area_id = cast(districts.code as varchar)
 
 )

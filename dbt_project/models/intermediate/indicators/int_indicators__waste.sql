@@ -1,9 +1,27 @@
 -- Waste (16.2 tonnes per capita, 16.3 share recycled). Coverage: (route, stream, week) records present
--- / (the area's route-streams in the period x collection weeks (Mondays) in the delivered span).
-with collections as (
+-- / (the area's route-streams in the period x collection weeks (Mondays) in the delivered span); for a
+-- source that reports monthly (every record on a month's first day, e.g. NYC's DSNY tonnage) the
+-- collection slots are the span's months instead.
+with facts as (
 
-    select collected_on as local_date, stream, tonnes, route_id, district_code
+    select agency, source_name, collected_on as local_date, stream, tonnes, route_id, district_code
     from {{ ref('fct_waste_collection') }}
+
+),
+
+cadence as (
+
+    select agency, source_name, bool_and(day(local_date) = 1) as is_monthly
+    from facts
+    group by all
+
+),
+
+collections as (
+
+    select facts.*, cadence.is_monthly
+    from facts
+    inner join cadence using (agency, source_name)
 
 ),
 
@@ -38,7 +56,8 @@ measures as (
         sum(tonnes) as tonnes,
         coalesce(sum(tonnes) filter (where stream = 'recycling'), 0) as recycled_tonnes,
         count(*) as records,
-        count(distinct (route_id, stream)) as route_streams
+        count(distinct (route_id, stream)) filter (where not is_monthly) as weekly_route_streams,
+        count(distinct (route_id, stream)) filter (where is_monthly) as monthly_route_streams
     from periods
     group by all
 
@@ -46,7 +65,10 @@ measures as (
 
 joined as (
 
-    select m.*, s.mondays, population.population
+    select
+        m.*,
+        population.population,
+        m.records / (m.weekly_route_streams * s.mondays + m.monthly_route_streams * s.months) as coverage
     from measures as m
     inner join slots as s using (period_grain, period_start)
     {{ citylake_population('m') }}
@@ -60,7 +82,7 @@ final as (
         tonnes / population as value,
         tonnes as numerator,
         cast(population as double) as denominator,
-        records / (route_streams * mondays) as coverage
+        coverage
     from joined
     union all
     select
@@ -68,7 +90,7 @@ final as (
         100.0 * recycled_tonnes / tonnes,
         recycled_tonnes,
         tonnes,
-        records / (route_streams * mondays)
+        coverage
     from joined
     where tonnes > 0
 
