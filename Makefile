@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SCALE ?= 10
 
-.PHONY: install demo test dev lint bench clean
+.PHONY: install browser demo test dev lint bench clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 demo: install
 	$(BIN)/citylake demo
 
-test: install
+# the indicator report's test renders it in headless Chromium: installed from Debian when missing and
+# possible (root with apt-get, as in CI); elsewhere that one test is skipped and says why
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium is not installed: the indicator report's browser test will be skipped"
+
+test: install browser
 	$(BIN)/pytest
 
 dev: install
@@ -26,6 +34,12 @@ dev: install
 
 lint: install
 	$(BIN)/ruff check orchestration tests
+
+# Benchmark (not part of `make test`): the pipeline against the plain-SQL floor and pandas at SCALE, a year of
+# history; writes benchmarks/RESULTS.md and ends with one summary line. Takes many minutes at SCALE=10.
+# BENCH_ARGS passes more options, e.g. BENCH_ARGS='--repeat 3 --profile --keep'.
+bench: install
+	$(BIN)/python -m benchmarks.run --scale $(SCALE) $(BENCH_ARGS)
 
 clean:
 	rm -rf lake .citylake reference_city test-output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from pathlib import Path
 
 from orchestration.config import CityConfig, load_config
@@ -23,11 +24,15 @@ def dbt_project_dir() -> Path:
     return build_project(city())
 
 
+INSTANCE_TEMPLATE = Path(__file__).resolve().parent / "instance" / "dagster.yaml"
+
+
 def dagster_home(cfg: CityConfig) -> Path:
-    """$DAGSTER_HOME, else <state_dir>/dagster, with telemetry off (no network at run time)."""
+    """$DAGSTER_HOME, else <state_dir>/dagster; a new one gets instance/dagster.yaml (telemetry off,
+    concurrency pools). An existing dagster.yaml is the operator's and is left alone."""
     home = Path(os.environ.get("DAGSTER_HOME") or cfg.state_dir / "dagster")
     home.mkdir(parents=True, exist_ok=True)
     conf = home / "dagster.yaml"
     if not conf.exists():
-        conf.write_text("telemetry:\n  enabled: false\n")
+        shutil.copyfile(INSTANCE_TEMPLATE, conf)
     return home

@@ -5,6 +5,7 @@ generate  write the reference city's sources (and its ground truth) beside city.
 run       materialize assets through Dagster (the UI's code path); --select takes Dagster's syntax
 sql       read-only SQL over the published analyst catalog
 check     validate city.yaml and test each source's connectivity
+listen    subscribe to the MQTT sources and land their messages for ingestion
 dev       open the Dagster UI on this project
 """
 
@@ -114,7 +115,7 @@ def run_assets(cfg: CityConfig, select: str | None) -> bool:
     from orchestration.definitions import defs
     from orchestration.progress import progress_logger
 
-    job = defs.resolve_implicit_global_asset_job_def()
+    job = defs.resolve_job_def("everything")
     graph = defs.resolve_asset_graph()
     keys = None
     if select:
@@ -200,12 +201,14 @@ def demo(config: str | None, scale: float, days: int) -> None:
 @click.argument("query", required=False)
 @click.option("-f", "--file", "file", type=click.File("r"), help="read the query from a file")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--limit", type=int, default=None, help="print at most this many rows")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="print at most this many rows")
 def sql(config: str | None, query: str | None, file, fmt: str, limit: int | None) -> None:
-    """Query the published marts (read-only) from the analyst catalog."""
+    """Query the published marts (read-only) from the analyst catalog; see docs/analysts.md."""
     from orchestration.analyst import QueryError, run_query
 
     cfg = _load(config)
+    if file and query:
+        raise click.ClickException("give the query as an argument or with -f FILE, not both")
     text = file.read() if file else query
     if not text:
         raise click.ClickException('give a query: citylake sql "select ..." or citylake sql -f query.sql')
@@ -231,6 +234,51 @@ def check(config: str | None) -> None:
             click.echo(f"  {'ok  ' if ok else 'FAIL'} {source.key:<40} {detail}")
     if bad:
         raise click.ClickException(f"{bad} source(s) unreachable")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--source", "only", multiple=True, help="agency/source to listen to (repeatable); default: every mqtt source"
+)
+@click.option("--flush-seconds", type=float, default=5.0, show_default=True, help="longest a message waits to land")
+@click.option("--batch-size", type=int, default=1000, show_default=True, help="most messages per batch file")
+@click.option("--idle-seconds", type=float, default=0.3, show_default=True, help="flush after a pause this long")
+@click.option("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+def listen(
+    config: str | None,
+    only: tuple[str, ...],
+    flush_seconds: float,
+    batch_size: int,
+    idle_seconds: float,
+    duration: float | None,
+) -> None:
+    """Subscribe to the MQTT sources and land their messages as batch files (at-least-once)."""
+    from orchestration.listen import listen as run_listener
+
+    cfg = _load(config)
+    sources = [s for s in cfg.sources if s.kind == "mqtt" and (not only or s.key in only)]
+    unknown = sorted(set(only) - {s.key for s in sources})
+    if unknown:
+        raise click.ClickException(f"--source {', '.join(unknown)}: not an mqtt source in {cfg.path}")
+    if not sources:
+        raise click.ClickException(f"{cfg.path} declares no mqtt source; add one with kind: mqtt")
+
+    def log(message: str) -> None:
+        click.echo(f"{dt.datetime.now():%H:%M:%S} {message}", err=True)
+
+    try:
+        n = run_listener(
+            sources,
+            flush_seconds=flush_seconds,
+            batch_size=batch_size,
+            duration=duration,
+            log=log,
+            idle_seconds=idle_seconds,
+        )
+    except (ConnectionError, ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Landed {n} messages.")
 
 
 @main.command()

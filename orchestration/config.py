@@ -14,13 +14,21 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
 - `state_dir`: where citylake keeps its working state: the dbt build, the warehouse DuckDB file and
   the Dagster instance (default `./.citylake` beside the config file).
 - `districts`: `boundaries` (GeoJSON), `code_property` (default `code`), `name_property` (default
-  `name`), `population` (CSV with columns code, population, year).
+  `name`), `population` (CSV with columns code, population, year), `population_format` (optional,
+  for a census table published wide, one column per census year: `{layout: wide, code: <column or
+  SQL expression giving the district code>, year_columns: <regex whose group 1 is the year>}`).
 - `reference_data`: optional CSVs that replace the built-in dbt seeds for this city:
   `district_crosswalk` (alias, district_code), `service_categories`
   (service_code, service_name, category, target_days), `waste_streams` (source_label, stream).
 - `simulators`: agency systems the reference city simulates, started by `citylake demo/run/dev`
   (`open311: {data: path, port: 8311}`). Real cities leave it out.
 - `agencies`: `<agency>: <source>: {...}`: see `Source`.
+- `alerts`: `{webhook: URL}`: a failed run step POSTs a JSON alert (city, run, step, error) there;
+  the URL may be `${ALERT_WEBHOOK_URL}`.
+- `sinks`: optional copies of the published marts for BI tools. Only `postgres` so far:
+  `sinks: {postgres: {dsn: ${CITYLAKE_PG_DSN}, schema: citylake, reader_role: citylake_reader}}`;
+  `schema` defaults to `citylake`, `reader_role` (granted SELECT on the schema) is optional. The dsn is
+  resolved from the environment only when the sink runs.
 """
 
 from __future__ import annotations
@@ -74,7 +82,9 @@ class Source:
     url, pagination, cursor, headers, records_path (http_json), format and csv options (files),
     topic (mqtt), primary_key, cursor (SQL: a column), schedule (cron), timezone (the zone local
     times are in; default the city's), feeds (a conformed entity), columns (conformed column ->
-    source column or SQL expression), district ({from: coordinates|code|name, ...}), units.
+    source column or SQL expression), district ({from: coordinates|code|name, ...}), units,
+    freshness ({column, max_delay_hours}: the newest row must be at most that old), volume
+    ({max_drop}: the table may not shrink by more than this share between validated runs; 0.5).
     """
 
     agency: str
@@ -131,6 +141,10 @@ class CityConfig:
     reference_data: dict[str, Path]
     simulators: dict[str, Any]
     sources: tuple[Source, ...]
+    #: districts.population_format: how to read a population table that is not `code, population, year`
+    population_format: dict[str, str] = field(default_factory=dict)
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -239,6 +253,15 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
         for k in needs:
             if not district.get(k):
                 raise ConfigError(f"{where}.district.{k} is missing: name the source column (from: {method})")
+    fresh = _mapping(raw.get("freshness"), f"{where}.freshness")
+    if fresh and (not fresh.get("column") or not isinstance(fresh.get("max_delay_hours"), (int, float))):
+        raise ConfigError(
+            f"{where}.freshness: give the timestamp column and the allowed delay, e.g. "
+            "freshness: {column: observed_at, max_delay_hours: 26}"
+        )
+    drop = _mapping(raw.get("volume"), f"{where}.volume").get("max_drop", 0.5)
+    if not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
+        raise ConfigError(f"{where}.volume.max_drop: a share between 0 and 1 (e.g. 0.5), got {drop!r}")
     from orchestration.dbt_build import known_units  # late: the seed reader lives with the dbt build
 
     for quantity, unit in units.items():
@@ -261,6 +284,63 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
         units=units,
         schedule=raw.get("schedule"),
     )
+
+
+def _parse_population_format(value: Any) -> dict[str, str]:
+    """`districts.population_format`: a wide census table (one column per census year) -> code, population, year."""
+    where = "districts.population_format"
+    fmt = {str(k): str(v) for k, v in _mapping(value, where).items()}
+    if not fmt:
+        return {}
+    example = "e.g. population_format: {layout: wide, code: district_code, year_columns: '^(\\d{4}) Population$'}"
+    if fmt.get("layout") != "wide":
+        raise ConfigError(f"{where}.layout: only 'wide' is supported (one column per census year); {example}")
+    unknown = sorted(set(fmt) - {"layout", "code", "year_columns"})
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; use layout, code and year_columns; {example}")
+    _require(fmt, "code", where, f"the column (or SQL expression over the columns) giving the district code; {example}")
+    pattern = _require(fmt, "year_columns", where, f"a regex matching the census-year columns; {example}")
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        raise ConfigError(f"{where}.year_columns: '{pattern}' is not a regular expression ({exc}); {example}") from None
+    if groups < 1:
+        raise ConfigError(f"{where}.year_columns: '{pattern}' needs a group capturing the year, {example}")
+    return fmt
+
+
+SINK_KINDS = ("postgres",)
+
+
+def _parse_sinks(value: Any) -> dict[str, dict[str, Any]]:
+    """`sinks:`: where published marts are copied besides the catalog (see the module docstring)."""
+    sinks = {}
+    for kind, given in _mapping(value, "sinks").items():
+        where = f"sinks.{kind}"
+        if kind not in SINK_KINDS:
+            raise ConfigError(f"{where}: unknown sink; use one of {', '.join(SINK_KINDS)}")
+        raw = dict(_mapping(given, where))
+        _require(raw, "dsn", where, "the connection string, e.g. dsn: ${CITYLAKE_PG_DSN}")
+        raw.setdefault("schema", "citylake")
+        for key in ("schema", "reader_role"):
+            if key in raw and not _NAME.match(str(raw[key])):
+                raise ConfigError(f"{where}.{key}: use a lower_snake_case name (letters, digits, _), got '{raw[key]}'")
+        unknown = sorted(set(raw) - {"dsn", "schema", "reader_role"})
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; a postgres sink takes dsn, schema and reader_role")
+        sinks[kind] = raw
+    return sinks
+
+
+def _parse_alerts(value: Any) -> dict[str, Any]:
+    alerts = dict(_mapping(value, "alerts"))
+    unknown = sorted(set(alerts) - {"webhook"})
+    if unknown:
+        raise ConfigError(f"alerts.{unknown[0]}: unknown key; alerts takes webhook: URL")
+    url = str(alerts.get("webhook", ""))
+    if url and not (url.startswith(("http://", "https://")) or url.startswith("${")):
+        raise ConfigError(f"alerts.webhook: an http(s) URL or ${{ENV_VAR}}, got '{url}'")
+    return alerts
 
 
 def load_config(path: str | os.PathLike | None = None) -> CityConfig:
@@ -341,4 +421,7 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         reference_data=refs,
         simulators=_mapping(data.get("simulators"), "simulators"),
         sources=tuple(sources),
+        sinks=_parse_sinks(data.get("sinks")),
+        population_format=_parse_population_format(districts.get("population_format")),
+        alerts=_parse_alerts(data.get("alerts")),
     )

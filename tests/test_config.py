@@ -45,8 +45,13 @@ def test_reference_city_config_is_valid(city_run) -> None:
     """The repository's city.yaml (pointed at a generated city) validates, with all seven sources."""
     cfg = load_config(city_run.config)
     assert {s.key for s in cfg.sources} == {
-        "transport/ridership", "safety/collisions", "service_requests/requests", "energy/meter_readings",
-        "waste/collections", "environment/air_vendor_a", "environment/air_vendor_b",
+        "transport/ridership",
+        "safety/collisions",
+        "service_requests/requests",
+        "energy/meter_readings",
+        "waste/collections",
+        "environment/air_vendor_a",
+        "environment/air_vendor_b",
     }
     assert cfg.source("environment/air_vendor_a").units == {"no2": "ppb", "o3": "ppb"}
 

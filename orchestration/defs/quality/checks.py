@@ -1,76 +1,142 @@
-"""Great Expectations gates as Dagster asset checks, one per guarded asset.
+"""Great Expectations gates as Dagster asset checks, one per guarded asset (check name `gx_suite`).
 
-Every bronze table is checked against its suite file when there is one, else against a suite built
-from city.yaml (its primary-key columns exist and are never null). Conformed facts and marts are
-checked against their suite files. All checks block: a failed gate stops everything downstream of
-the asset in that run, so nothing reaches publication past a failed gate. The check's metadata lists
-each failed expectation with what was observed and a sample of offending rows.
+- Bronze: every table, against expectations/bronze.<agency>.<source>.json when there is one, else a
+  suite built from city.yaml (primary-key columns present and never null). Row-level expectations
+  already split the load at ingestion (bad rows went to quarantine, named after the expectation); the
+  check judges this run's load against their `mostly`, so a batch that is mostly bad fails the gate.
+  Freshness (`freshness: {column, max_delay_hours}` on a source) and volume (`volume: {max_drop}`,
+  default 0.5: the table may not shrink by more than half since the last validated run) are added from
+  city.yaml.
+- Intermediate, conformed and marts: every model with a suite file (e.g. the share of records held
+  back for an unknown district, value ranges, accepted values, referential integrity to districts).
+
+All checks block: a failed gate stops everything downstream of its asset in that run, so publication
+does not happen and the published marts and catalog stay as they were. The metadata lists each failed
+expectation with what was observed and a sample of offending rows, and links the GX Data Docs page.
 """
 
+import csv
+import datetime as dt
 import functools
 import json
+from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
 from orchestration.city import city, dbt_project_dir
 from orchestration.config import Source
-from orchestration.lake import bronze_uri
+from orchestration.lake import bronze_uri, quarantine_uri, read_table
 from orchestration.quality import (
+    ExpectationOutcome,
     SuiteOutcome,
+    VolumeState,
+    bronze_suite,
+    data_docs,
     delta_batches,
     duckdb_batches,
-    load_suite,
+    fill,
+    guarded_models,
+    min_rows,
     suite_path,
     validate_batches,
+    with_age,
 )
 
-GUARDED_LAYERS = ("conformed", "marts")
+DEFAULT_MAX_DROP = 0.5
 
 
 @functools.cache
 def substitutions() -> dict[str, list]:
-    import csv
-
     with open(dbt_project_dir() / "seeds" / "city_districts.csv", newline="", encoding="utf-8") as f:
         codes = sorted({row["code"] for row in csv.DictReader(f)})
-    return {"district_codes": codes, "area_ids": [*codes, "CITY"]}
+    return {"district_codes": codes, "area_ids": [*codes, "CITY"], "district_codes_unassigned": [*codes, "UNASSIGNED"]}
 
 
-def bronze_suite(source: Source) -> dict:
-    path = suite_path(["bronze", source.agency, source.name])
-    if path.exists():
-        return load_suite(path, substitutions())
-    exps = [{"type": "expect_column_to_exist", "kwargs": {"column": c}} for c in source.primary_key]
-    exps += [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": c}} for c in source.primary_key]
-    return {"name": f"bronze.{source.agency}.{source.name} (from city.yaml)", "expectations": exps}
+def _quality_dir() -> Path:
+    return city().state_dir / "quality"
 
 
-def check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
+def with_volume(suite: dict, key: list[str], max_drop: float) -> tuple[dict, VolumeState]:
+    state = VolumeState(_quality_dir() / "volume" / (".".join(key) + ".json"))
+    suite = {
+        **suite,
+        "expectations": [
+            *suite["expectations"],
+            {
+                "type": "expect_table_row_count_to_be_between",
+                "kwargs": {"min_value": min_rows(state.previous(), max_drop), "max_drop": max_drop},
+            },
+        ],
+    }
+    return suite, state
+
+
+def load_gate(context: dg.AssetCheckExecutionContext, key: list[str], suite: dict) -> list[ExpectationOutcome]:
+    """This run's load judged against the row-level expectations' `mostly`: the bronze asset records how
+    many rows it put through the suite and how many each expectation rejected (they went to quarantine)."""
+    row_level = [e for e in suite["expectations"] if e["type"].startswith("expect_column_values_")]
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
+    if not row_level or event is None or event.run_id != context.run.run_id:
+        return []  # nothing was loaded in this run: the table-level suite above still ran
+    gate = event.asset_materialization.metadata.get("row_gate")
+    stats = gate.value if gate is not None else {"rows": 0, "failed": {}}
+    total = int(stats.get("rows", 0))
+    q = read_table(quarantine_uri(city(), key[1], key[2]))
+    held = q.to_pandas() if q is not None else pd.DataFrame(columns=["reason", "record", "_batch"])
+    outcomes = []
+    for exp in row_level:
+        reason = f"failed {exp['type']}({exp['kwargs'].get('column')})"
+        bad = int(stats.get("failed", {}).get(reason, 0))
+        mostly = float(exp["kwargs"].get("mostly", 1.0))
+        rows = held[(held["reason"] == reason) & (held["_batch"] == context.run.run_id)]["record"].head(5)
+        outcomes.append(
+            ExpectationOutcome(
+                exp["type"],
+                {**exp["kwargs"], "scope": "this run's load"},
+                success=total == 0 or bad <= (1 - mostly) * total + 1e-9,
+                element_count=total,
+                unexpected_count=bad,
+                sample=[json.loads(r) for r in rows],
+                is_map=True,
+            )
+        )
+    return outcomes
+
+
+def check_result(outcome: SuiteOutcome, key: list[str], run_id: str, volume: VolumeState) -> dg.AssetCheckResult:
     failed = outcome.failed
+    docs = data_docs(outcome, _quality_dir() / "data_docs" / ".".join(key) / f"{run_id}.html")
+    if outcome.success:
+        volume.record(outcome.rows)
+    metadata = {
+        "suite": outcome.suite,
+        "rows_validated": outcome.rows,
+        "expectations": len(outcome.expectations),
+        "expectations_failed": len(failed),
+        "failed_expectations": dg.MetadataValue.json(
+            [
+                {
+                    "expectation": e.type,
+                    "kwargs": e.kwargs,
+                    "unexpected_count": e.unexpected_count,
+                    "element_count": e.element_count,
+                    "observed_value": e.observed_value,
+                    "sample": e.sample,
+                }
+                for e in failed
+            ]
+        ),
+        "offending_rows_sample": dg.MetadataValue.md(_sample_md(outcome)),
+    }
+    if docs:
+        metadata["data_docs"] = dg.MetadataValue.url(docs.as_uri())
     return dg.AssetCheckResult(
         passed=outcome.success,
         severity=dg.AssetCheckSeverity.ERROR,
         description=f"{outcome.suite}: "
         + ("all expectations met" if not failed else "; ".join(e.describe() for e in failed)),
-        metadata={
-            "suite": outcome.suite,
-            "rows_validated": outcome.rows,
-            "expectations": len(outcome.expectations),
-            "failed_expectations": dg.MetadataValue.json(
-                [
-                    {
-                        "expectation": e.type,
-                        "kwargs": e.kwargs,
-                        "unexpected_count": e.unexpected_count,
-                        "element_count": e.element_count,
-                        "observed_value": e.observed_value,
-                        "sample": e.sample,
-                    }
-                    for e in failed
-                ]
-            ),
-            "offending_rows_sample": dg.MetadataValue.md(_sample_md(outcome)),
-        },
+        metadata=metadata,
     )
 
 
@@ -83,15 +149,23 @@ def _sample_md(outcome: SuiteOutcome) -> str:
 
 
 def bronze_check(source: Source) -> dg.AssetChecksDefinition:
+    key = ["bronze", source.agency, source.name]
+
     @dg.asset_check(
-        asset=dg.AssetKey(["bronze", source.agency, source.name]),
+        asset=dg.AssetKey(key),
         name="gx_suite",
         blocking=True,
-        description="Great Expectations suite of this bronze table",
+        description="Great Expectations gate of this bronze table (row-level, freshness, volume)",
     )
-    def _check() -> dg.AssetCheckResult:
-        uri = bronze_uri(city(), source.agency, source.name)
-        return check_result(validate_batches(bronze_suite(source), delta_batches(uri)))
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        max_drop = float((source.get("volume") or {}).get("max_drop", DEFAULT_MAX_DROP))
+        suite, volume = with_volume(fill(bronze_suite(source), substitutions(), ".".join(key)), key, max_drop)
+        batches = delta_batches(bronze_uri(city(), source.agency, source.name))
+        if source.get("freshness"):
+            batches = with_age(batches, source.get("freshness")["column"], pd.Timestamp(dt.datetime.now(dt.UTC)))
+        outcome = validate_batches(suite, batches)
+        outcome.expectations.extend(load_gate(context, key, suite))
+        return check_result(outcome, key, context.run.run_id, volume)
 
     return _check
 
@@ -103,27 +177,18 @@ def warehouse_check(layer: str, model: str) -> dg.AssetChecksDefinition:
         asset=dg.AssetKey(key),
         name="gx_suite",
         blocking=True,
-        description=f"Great Expectations suite {'.'.join(key)}.json",
+        description=f"Great Expectations suite expectations/{'.'.join(key)}.json",
     )
-    def _check() -> dg.AssetCheckResult:
-        suite = load_suite(suite_path(key), substitutions())
-        return check_result(validate_batches(suite, duckdb_batches(city().state_dir / "warehouse.duckdb", model)))
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        raw = json.loads(suite_path(key).read_text(encoding="utf-8"))
+        max_drop = float(raw.get("meta", {}).get("max_drop", DEFAULT_MAX_DROP))
+        suite, volume = with_volume(fill(raw, substitutions(), ".".join(key)), key, max_drop)
+        outcome = validate_batches(suite, duckdb_batches(city().state_dir / "warehouse.duckdb", model))
+        return check_result(outcome, key, context.run.run_id, volume)
 
     return _check
 
 
-def _guarded_models() -> list[tuple[str, str]]:
-    from orchestration.quality import EXPECTATIONS_DIR
-
-    found = []
-    for path in sorted(EXPECTATIONS_DIR.glob("*.json")):
-        parts = path.stem.split(".")
-        if len(parts) == 2 and parts[0] in GUARDED_LAYERS:
-            found.append((parts[0], parts[1]))
-    return found
-
-
 defs = dg.Definitions(
-    asset_checks=[bronze_check(s) for s in city().sources]
-    + [warehouse_check(layer, model) for layer, model in _guarded_models()]
+    asset_checks=[bronze_check(s) for s in city().sources] + [warehouse_check(lyr, m) for lyr, m in guarded_models()]
 )
