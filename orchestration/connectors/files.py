@@ -66,7 +66,17 @@ def glob_files(pattern: str) -> list[str]:
     wild = min((bare.find(c) for c in "*?[" if c in bare), default=len(bare))
     base = bare[:wild].rsplit("/", 1)[0]
     infos = _s3(pattern).get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
-    return sorted("s3://" + i.path for i in infos if i.type == fs.FileType.File and fnmatch.fnmatchcase(i.path, bare))
+    parts = bare.split("/")
+    return sorted("s3://" + i.path for i in infos if i.type == fs.FileType.File and _match(parts, i.path.split("/")))
+
+
+def _match(parts: list[str], segments: list[str]) -> bool:
+    """A key's segments against a glob's, as a local glob matches: `*` stays within a folder, `**` spans any."""
+    if not parts:
+        return not segments
+    if parts[0] == "**":
+        return any(_match(parts[1:], segments[i:]) for i in range(len(segments) + 1))
+    return bool(segments) and fnmatch.fnmatchcase(segments[0], parts[0]) and _match(parts[1:], segments[1:])
 
 
 def list_files(source: Source) -> list[str]:
