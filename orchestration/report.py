@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import duckdb
 
 from orchestration.config import CityConfig
@@ -31,8 +34,14 @@ def summary(cfg: CityConfig) -> str:
         f"Delta marts: {cfg.lake_root}/marts/",
         "",
         "Query it:",
-        '  citylake sql "select area_id, period_start, value from indicators '
+        f'  {_command()} sql "select area_id, period_start, value from indicators '
         "where indicator_id = 'iso37120_8_1' and period_grain = 'month' order by 1, 2\"",
         f"  duckdb -readonly {cfg.catalog_path}   # any DuckDB client, no citylake needed",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _command() -> str:
+    """How this shell reaches citylake: the path it was started by (e.g. .venv/bin/citylake), else the name."""
+    exe = sys.argv[0]
+    return os.path.relpath(exe) if os.path.basename(exe) == "citylake" and os.path.exists(exe) else "citylake"
