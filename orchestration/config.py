@@ -262,10 +262,10 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
     drop = _mapping(raw.get("volume"), f"{where}.volume").get("max_drop", 0.5)
     if not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
         raise ConfigError(f"{where}.volume.max_drop: a share between 0 and 1 (e.g. 0.5), got {drop!r}")
-    from orchestration.dbt_build import known_units  # late: the seed reader lives with the dbt build
+    from orchestration.dbt_build import unit_factors  # late: the seed reader lives with the dbt build
 
     for quantity, unit in units.items():
-        if (quantity, unit) not in known_units():
+        if (quantity, unit) not in unit_factors():
             raise ConfigError(
                 f"{where}.units.{quantity}: no conversion from '{unit}' to the conformed unit; "
                 "add a row to dbt_project/seeds/unit_conversions.csv"

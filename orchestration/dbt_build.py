@@ -39,18 +39,10 @@ BOUNDARIES = Path("data") / "city_district_boundaries.parquet"
 
 
 @functools.cache
-def known_units() -> frozenset[tuple[str, str]]:
-    """(quantity, unit) pairs that unit_conversions.csv converts to the conformed unit."""
+def unit_factors() -> dict[tuple[str, str], float]:
+    """(quantity, source unit) -> factor to the conformed unit, from the unit_conversions seed."""
     with open(PROJECT_DIR / "seeds" / "unit_conversions.csv", newline="") as f:
-        return frozenset((r["quantity"], r["from_unit"]) for r in csv.DictReader(f))
-
-
-def _unit_factor(quantity: str, unit: str) -> float:
-    with open(PROJECT_DIR / "seeds" / "unit_conversions.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            if (r["quantity"], r["from_unit"]) == (quantity, unit):
-                return float(r["factor"])
-    raise KeyError((quantity, unit))
+        return {(r["quantity"], r["from_unit"]): float(r["factor"]) for r in csv.DictReader(f)}
 
 
 def staging_model_name(source: Source) -> str:
@@ -95,7 +87,7 @@ def render_staging(source: Source) -> str:
             value = readable
             unit = source.units.get(c.quantity or c.name)
             if unit:
-                factor = _unit_factor(c.quantity or c.name, unit)
+                factor = unit_factors()[(c.quantity or c.name, unit)]
                 value = f"{readable} * {factor!r}" if factor != 1 else readable
         typed.append(f"        {value} as {c.name}")
         if c.required:

@@ -42,17 +42,12 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_reference_city_config_is_valid(city_run) -> None:
-    """The repository's city.yaml (pointed at a generated city) validates, with all seven sources."""
+    """The repository's city.yaml (pointed at a generated city) validates and declares every generated source."""
+    from orchestration.reference_city.generate import SOURCES
+
     cfg = load_config(city_run.config)
-    assert {s.key for s in cfg.sources} == {
-        "transport/ridership",
-        "safety/collisions",
-        "service_requests/requests",
-        "energy/meter_readings",
-        "waste/collections",
-        "environment/air_vendor_a",
-        "environment/air_vendor_b",
-    }
+    # every source the generator writes is declared, and nothing else
+    assert {s.key for s in cfg.sources} == set(SOURCES.values())
     assert cfg.source("environment/air_vendor_a").units == {"no2": "ppb", "o3": "ppb"}
 
 

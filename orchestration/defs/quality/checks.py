@@ -82,12 +82,14 @@ def load_gate(context: dg.AssetCheckExecutionContext, key: list[str], suite: dic
     gate = event.asset_materialization.metadata.get("row_gate")
     stats = gate.value if gate is not None else {"rows": 0, "failed": {}}
     total = int(stats.get("rows", 0))
-    q = read_table(quarantine_uri(city(), key[1], key[2]))
+    failed = stats.get("failed", {})
+    # offending rows for the UI, read only when this load rejected any
+    q = read_table(quarantine_uri(city(), key[1], key[2]), columns=["reason", "record", "_batch"]) if failed else None
     held = q.to_pandas() if q is not None else pd.DataFrame(columns=["reason", "record", "_batch"])
     outcomes = []
     for exp in row_level:
         reason = f"failed {exp['type']}({exp['kwargs'].get('column')})"
-        bad = int(stats.get("failed", {}).get(reason, 0))
+        bad = int(failed.get(reason, 0))
         mostly = float(exp["kwargs"].get("mostly", 1.0))
         rows = held[(held["reason"] == reason) & (held["_batch"] == context.run.run_id)]["record"].head(5)
         outcomes.append(
