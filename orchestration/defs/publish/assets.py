@@ -47,8 +47,9 @@ def _gates(context: dg.AssetExecutionContext) -> list[Gate]:
     gates = []
     for key in sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
         record = context.instance.get_latest_asset_check_evaluation_record(key)
-        evaluation = record.evaluation if record else None
-        status = "not run" if evaluation is None else ("passed" if evaluation.passed else "failed")
+        # a concurrent run may have the check planned but not yet evaluated: no outcome yet
+        passed = getattr(record.evaluation, "passed", None) if record else None
+        status = "not run" if passed is None else ("passed" if passed else "failed")
         gates.append(Gate(key.asset_key.to_user_string(), key.name, status))
     return gates
 
