@@ -108,41 +108,90 @@ def generate(config: str | None, scale: float, days: int, start: dt.datetime, se
     )
 
 
-def run_assets(cfg: CityConfig, select: str | None) -> bool:
-    """Materialize the selection (everything when None) in a Dagster run recorded in DAGSTER_HOME."""
+def run_assets(
+    cfg: CityConfig, select: str | None, first: dt.date | None = None, last: dt.date | None = None
+) -> bool:
+    """Materialize the selection (everything when None) through Dagster, recorded in DAGSTER_HOME.
+
+    The daily-partitioned assets rebuild the days first..last in one run. With no days named, the
+    bronze loads (and the reference data) run first, then the daily assets rebuild every day the
+    bronze data covers and everything downstream follows, in a second run; what a failed bronze gate
+    guards is left out of it, as it would be inside one run.
+    """
     import dagster as dg
 
     from orchestration.definitions import defs
+    from orchestration.partitions import data_days, full_range, range_tags
     from orchestration.progress import progress_logger
 
-    job = defs.resolve_job_def("everything")
+    every_first, every_last = full_range(cfg)
+    if first or last:
+        first, last = first or every_first, last or every_last
+        if first < every_first or last > every_last or last < first:
+            raise click.ClickException(
+                f"days {first}..{last}: the daily partitions run from {every_first} (partitions.start in "
+                f"city.yaml) to {every_last} (today in {cfg.timezone}); a range must not end before it starts"
+            )
+    job = defs.resolve_job_def("everything").with_logger_defs({"progress": progress_logger})
     graph = defs.resolve_asset_graph()
-    keys = None
+    keys = set(graph.get_all_asset_keys())
     if select:
         try:
-            keys = list(dg.AssetSelection.from_string(select).resolve(graph))
+            keys = set(dg.AssetSelection.from_string(select).resolve(graph))
         except Exception as exc:  # noqa: BLE001 - Dagster raises several types for a bad selection string
             raise click.ClickException(f"--select {select!r}: {exc}") from None
         if not keys:
             raise click.ClickException(f"--select {select!r} matches no asset; see `dagster asset list` or the UI")
-    n = len(keys) if keys is not None else len(graph.get_all_asset_keys())
+    daily = {k for k in keys if graph.get(k).partitions_def is not None}
+    # what the daily assets read (bronze loads, reference data): run first when no days are named
+    before = set(dg.AssetSelection.assets(*daily).upstream().resolve(graph)) & keys - daily if daily else set()
     log_dir = cfg.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"run-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
     click.echo(
-        f"Running {n} assets of {cfg.name} through Dagster (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); "
+        f"Running {len(keys)} assets of {cfg.name} through Dagster (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); "
         f"dbt's full log: {log_path}"
     )
     # dbt's own lines go to the log file (and to the Dagster UI); the terminal shows one line per asset
-    with (
-        simulators(cfg),
-        dg.DagsterInstance.get() as instance,
-        open(log_path, "w") as log,
-        contextlib.redirect_stdout(log),
-    ):
-        result = job.with_logger_defs({"progress": progress_logger}).execute_in_process(
-            instance=instance, asset_selection=keys, raise_on_error=False, run_config={"loggers": {"progress": {}}}
-        )
+    with simulators(cfg), dg.DagsterInstance.get() as instance, open(log_path, "w") as log:
+
+        def execute(selection: set[dg.AssetKey], tags: dict[str, str]) -> tuple[bool, set[dg.AssetKey]]:
+            with contextlib.redirect_stdout(log):
+                result = job.execute_in_process(
+                    instance=instance,
+                    asset_selection=sorted(selection, key=str),
+                    raise_on_error=False,
+                    run_config={"loggers": {"progress": {}}},
+                    tags=tags,
+                )
+            ok, failed = _report(result)
+            done = {e.asset_key for e in result.get_asset_materialization_events()}
+            return ok, failed | (selection - done)
+
+        if first is not None or not daily:
+            days = {} if not daily else range_tags(first, last)
+            _echo_days(first, last, daily)
+            return execute(keys, days)[0]
+        ok, failed = True, set()
+        if before:
+            ok, failed = execute(before, {})
+        blocked = set(dg.AssetSelection.assets(*failed).downstream().resolve(graph)) if failed else set()
+        rest = keys - before - blocked
+        if not rest:
+            return ok
+        first, last = data_days(cfg) or (every_last, every_last)
+        _echo_days(first, last, daily)
+        return execute(rest, range_tags(first, last))[0] and ok
+
+
+def _echo_days(first: dt.date | None, last: dt.date | None, daily: set) -> None:
+    if daily:
+        click.echo(f"Daily partitions {first}{'' if first == last else f'..{last}'}: {len(daily)} assets, one run")
+
+
+def _report(result) -> tuple[bool, set]:
+    """Print a run's failures (step errors and failed checks, with their root cause) and its outcome;
+    returns whether it succeeded and the assets whose step or check failed."""
     failed = [
         e
         for e in result.all_events
@@ -153,8 +202,10 @@ def run_assets(cfg: CityConfig, select: str | None) -> bool:
         data = e.event_specific_data
         why = _root_cause(data.error) if getattr(data, "error", None) else (getattr(data, "description", "") or "")
         click.echo(f"  FAILED {e.step_key or ''}: {why}", err=True)
-    click.echo(f"Run {result.run_id} {'succeeded' if result.success and not failed else 'FAILED'}.")
-    return result.success and not failed
+    ok = result.success and not failed
+    click.echo(f"Run {result.run_id} {'succeeded' if ok else 'FAILED'}.")
+    checks = {e.event_specific_data.asset_key for e in failed if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    return ok, checks
 
 
 def _root_cause(error) -> str:
@@ -171,10 +222,23 @@ def _root_cause(error) -> str:
     default=None,
     help="Dagster asset selection, e.g. 'bronze/transport/ridership' or 'key:marts/*'; default: everything",
 )
-def run(config: str | None, select: str | None) -> None:
-    """Materialize assets through Dagster (same code path as the UI)."""
+@click.option("--partition", "day", type=click.DateTime(["%Y-%m-%d"]), help="rebuild one day (YYYY-MM-DD, city time)")
+@click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), help="first day of a range to rebuild")
+@click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), help="last day of the range (default: today)")
+def run(
+    config: str | None, select: str | None, day: dt.datetime | None, first: dt.datetime | None, last: dt.datetime | None
+) -> None:
+    """Materialize assets through Dagster (same code path as the UI).
+
+    The daily-partitioned assets (the per-entity intermediate models and the conformed facts) rebuild
+    every day since partitions.start, or only --partition DAY, or the days --from .. --to, in one run.
+    """
+    if day and (first or last):
+        raise click.UsageError("give either --partition or --from/--to, not both")
+    if day:
+        first = last = day
     cfg = _load(config)
-    if not run_assets(cfg, select):
+    if not run_assets(cfg, select, first and first.date(), last and last.date()):
         sys.exit(1)
 
 

@@ -25,6 +25,10 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
 - `agencies`: `<agency>: <source>: {...}`: see `Source`.
 - `alerts`: `{webhook: URL}`: a failed run step POSTs a JSON alert (city, run, step, error) there;
   the URL may be `${ALERT_WEBHOOK_URL}`.
+- `partitions`: `{start: 2025-01-01}`: the first of the daily partitions the time-based assets (the
+  per-entity intermediate models and the conformed facts) are split into, by the day of each record
+  in the city's time zone (default 2000-01-01; fewer days make runs over every day quicker). A record
+  dated before it is quarantined with that reason, as is one dated in the future.
 - `sinks`: optional copies of the published marts for BI tools. Only `postgres` so far:
   `sinks: {postgres: {dsn: ${CITYLAKE_PG_DSN}, schema: citylake, reader_role: citylake_reader}}`;
   `schema` defaults to `citylake`, `reader_role` (granted SELECT on the schema) is optional. The dsn is
@@ -33,6 +37,7 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from dataclasses import dataclass, field
@@ -145,6 +150,8 @@ class CityConfig:
     population_format: dict[str, str] = field(default_factory=dict)
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: dict[str, Any] = field(default_factory=dict)
+    #: partitions.start: the first daily partition
+    partitions_start: dt.date = dt.date(2000, 1, 1)
 
     @property
     def base_dir(self) -> Path:
@@ -343,6 +350,24 @@ def _parse_alerts(value: Any) -> dict[str, Any]:
     return alerts
 
 
+def _parse_partitions(value: Any) -> dt.date:
+    d = _mapping(value, "partitions")
+    unknown = set(d) - {"start"}
+    if unknown:
+        raise ConfigError(f"partitions.{sorted(unknown, key=str)[0]}: unknown key; the only key is start")
+    start = d.get("start", dt.date(2000, 1, 1))
+    if isinstance(start, dt.datetime):
+        start = start.date()
+    if not isinstance(start, dt.date):
+        try:
+            start = dt.date.fromisoformat(str(start))
+        except ValueError:
+            raise ConfigError(f"partitions.start: '{start}' is not a date; write e.g. start: 2025-01-01") from None
+    if start > dt.date.today():
+        raise ConfigError(f"partitions.start: {start} is in the future; use the first day of the city's data")
+    return start
+
+
 def load_config(path: str | os.PathLike | None = None) -> CityConfig:
     """Read and validate city.yaml; raises ConfigError naming the key and the fix."""
     p = config_path(path)
@@ -424,4 +449,5 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         sinks=_parse_sinks(data.get("sinks")),
         population_format=_parse_population_format(districts.get("population_format")),
         alerts=_parse_alerts(data.get("alerts")),
+        partitions_start=_parse_partitions(data.get("partitions")),
     )

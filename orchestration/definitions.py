@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
+import orchestration.instance_storage  # noqa: F401 - SQLite instance storage without fsync per event
+
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 

@@ -31,6 +31,8 @@ class Entity:
     fiware_model: str
     key: tuple[str, ...]
     columns: tuple[Column, ...] = field(default_factory=tuple)
+    #: the column that dates a record: its city-local day is the record's daily partition
+    time: str = ""
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -61,6 +63,7 @@ ENTITIES: dict[str, Entity] = {
                 _LAT,
                 _LON,
             ),
+            time="observed_at",
         ),
         Entity(
             "service_requests",
@@ -77,6 +80,7 @@ ENTITIES: dict[str, Entity] = {
                 _LAT,
                 _LON,
             ),
+            time="requested_at",
         ),
         Entity(
             "road_collisions",
@@ -90,6 +94,7 @@ ENTITIES: dict[str, Entity] = {
                 _LAT,
                 _LON,
             ),
+            time="accident_at",
         ),
         Entity(
             "transit_ridership",
@@ -104,6 +109,7 @@ ENTITIES: dict[str, Entity] = {
                 _LAT,
                 _LON,
             ),
+            time="service_date",
         ),
         Entity(
             "energy_consumption",
@@ -115,6 +121,7 @@ ENTITIES: dict[str, Entity] = {
                 Column("kwh", "DOUBLE", required=True, min=0),
                 Column("sector", "VARCHAR"),
             ),
+            time="period_start",
         ),
         Entity(
             "waste_collection",
@@ -126,6 +133,7 @@ ENTITIES: dict[str, Entity] = {
                 Column("tonnes", "DOUBLE", required=True, min=0),
                 Column("route_id", "VARCHAR"),
             ),
+            time="collected_on",
         ),
     ]
 }

@@ -15,6 +15,8 @@ class ProgressHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.start = time.perf_counter()
+        #: (asset, run) already reported: a run over many days materializes each daily asset once per day
+        self.seen: set[tuple[str, str]] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -32,7 +34,11 @@ class ProgressHandler(logging.Handler):
         elapsed = f"[{time.perf_counter() - self.start:6.1f}s]"
         kind = event.event_type_value
         if kind == "ASSET_MATERIALIZATION":
-            line = f"{elapsed} materialized {event.asset_key.to_user_string()}"
+            key = (event.asset_key.to_user_string(), record.dagster_meta.get("run_id", ""))
+            if event.partition and key in self.seen:
+                return None
+            self.seen.add(key)
+            line = f"{elapsed} materialized {key[0]}" + (" (each day of the run)" if event.partition else "")
         elif kind == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
             if ev.passed:

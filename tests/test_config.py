@@ -99,3 +99,26 @@ def test_missing_env_var_is_named_without_a_value(tmp_path: Path, base: dict, mo
 def test_missing_config_file_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="citylake generate"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("partitions", "message"),
+    [
+        ({"start": "March 2025"}, "partitions.start: 'March 2025' is not a date"),
+        ({"start": "2999-01-01"}, "partitions.start: 2999-01-01 is in the future"),
+        ({"begin": "2025-01-01"}, "partitions.begin: unknown key"),
+        ("2025-01-01", "partitions must be a mapping"),
+    ],
+)
+def test_partitions_errors_name_the_key(tmp_path: Path, base: dict, partitions, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, {**base, "partitions": partitions}))
+
+
+def test_partitions_start_defaults_and_parses(tmp_path: Path, base: dict) -> None:
+    from datetime import date
+
+    assert load_config(write(tmp_path, base)).partitions_start == date(2000, 1, 1)
+    assert load_config(write(tmp_path, {**base, "partitions": {"start": "2024-02-29"}})).partitions_start == date(
+        2024, 2, 29
+    )

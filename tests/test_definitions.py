@@ -23,6 +23,13 @@ print(json.dumps({
     "assets": sorted(k.to_user_string() for k in graph.get_all_asset_keys()),
     "checks": checks,
     "groups": sorted({graph.get(k).group_name for k in graph.get_all_asset_keys()}),
+    "daily": sorted(
+        k.to_user_string() + " " + str(graph.get(k).partitions_def) + " " + str(graph.get(k).backfill_policy)
+        for k in graph.get_all_asset_keys()
+        if graph.get(k).partitions_def
+    ),
+    "jobs": sorted(j.name for j in defs.jobs if not j.name.startswith("__")),
+    "sensors": sorted(s.name for s in defs.sensors),
 }))
 """
 
@@ -38,3 +45,9 @@ def test_definitions_match_the_snapshot(city_run: CityRun) -> None:
     assert graph == json.loads(SNAPSHOT.read_text())
     assert "marts/indicators:gx_suite" in graph["checks"]
     assert "bronze/transport/ridership" in graph["assets"] and "published/analyst_catalog" in graph["assets"]
+    # the time-based models are daily-partitioned (city time zone, from partitions.start), one run per range
+    daily = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in graph["daily"]}
+    assert set(daily) == {k for k in graph["assets"] if k.startswith(("intermediate/int_", "conformed/fct_"))} - {
+        k for k in graph["assets"] if k.startswith(("intermediate/int_indicators", "intermediate/int_district_a"))
+    } - {"intermediate/int_area_population"}
+    assert all("Daily, starting 2025-01-01 America/Chicago" in v and "single_run" in v for v in daily.values())

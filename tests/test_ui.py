@@ -1,6 +1,7 @@
-"""The Dagster UI, for real: `citylake dev` serves the project on loopback, a run is launched through the
-webserver's GraphQL API and succeeds, and headless Chromium renders the asset lineage with the bronze,
-conformed and mart assets on it. The screenshot goes to test-output/."""
+"""The Dagster UI, for real: `citylake dev` serves the project on loopback; a run of one day and a
+backfill of two days are launched through the webserver's GraphQL API and succeed (the backfill as one
+run over both days), and headless Chromium renders the asset lineage with the bronze, conformed and
+mart assets on it. The screenshot goes to test-output/."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from datetime import date
 
 import pytest
+import yaml
 
 from tests.browser import CHROMIUM, SKIP_REASON, run_chromium
 from tests.conftest import BIN, REPO, CityRun, free_port, write_city_config
@@ -44,6 +46,13 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, CityRun]
         root / "lake",
         root / "state",
     )
+    # the file-arrival sensors would start loads of their own beside the runs this test launches
+    cfg = yaml.safe_load(run.config.read_text())
+    for sources in cfg["agencies"].values():
+        for source in sources.values():
+            if source["kind"] == "files":
+                source["sensor"] = False
+    run.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     port = free_port()
     env = {**os.environ, "CITYLAKE_CONFIG": str(run.config)}
     env.pop("DAGSTER_HOME", None)
@@ -94,26 +103,91 @@ mutation($params: ExecutionParams!) {
 }"""
 
 
-def test_a_run_launched_from_the_ui_succeeds(ui) -> None:
+BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+
+DAY, BACKFILL_DAYS = "2025-02-10", ["2025-02-11", "2025-02-12"]
+
+
+def wait_for(url: str, query: str, variables: dict, pick, done: set[str], timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = pick(graphql(url, query, variables))
+        if status in done or time.monotonic() > deadline:
+            return status
+        time.sleep(3)
+
+
+def materialized_days(url: str, path: list[str]) -> set[str]:
+    """The days Dagster shows as materialized for a daily asset."""
+    data = graphql(
+        url,
+        """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+             assetPartitionStatuses { ... on TimePartitionStatuses { ranges { status startKey endKey } } } } } }""",
+        {"key": {"path": path}},
+    )
+    days = set()
+    for r in data["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]:
+        if r["status"] == "MATERIALIZED":
+            d, end = date.fromisoformat(r["startKey"]), date.fromisoformat(r["endKey"])
+            while d <= end:
+                days.add(d.isoformat())
+                d = date.fromordinal(d.toordinal() + 1)
+    return days
+
+
+def test_one_day_then_a_two_day_backfill_from_the_ui(ui) -> None:
     url, run = ui
+    # one day: every asset, the daily ones for DAY only
     params = {
         "selector": {"repositoryLocationName": "citylake", "repositoryName": "__repository__", "jobName": "everything"},
         "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DAY}]},
     }
     launched = graphql(url, LAUNCH, {"params": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
-    deadline = time.monotonic() + 600
-    status = None
-    while time.monotonic() < deadline:
-        status = graphql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})[
-            "runOrError"
-        ]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(3)
+    status = wait_for(
+        url,
+        "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
+        {"id": launched["run"]["runId"]},
+        lambda d: d["runOrError"]["status"],
+        {"SUCCESS", "FAILURE", "CANCELED"},
+    )
     assert status == "SUCCESS", (run.root / "dev.log").read_text()[-3000:]
     assert run.catalog.exists()
+    fact = ["conformed", "fct_air_quality_observations"]
+    assert DAY in materialized_days(url, fact)
+
+    # two more days of the daily assets, as a backfill: one run over both days
+    nodes = graphql(url, "{ assetNodes { assetKey { path } isPartitioned } }")["assetNodes"]
+    daily = [{"path": n["assetKey"]["path"]} for n in nodes if n["isPartitioned"]]
+    assert {"path": fact} in daily and not any(k["path"][0] in ("bronze", "marts", "published") for k in daily)
+    launched = graphql(url, BACKFILL, {"params": {"partitionNames": BACKFILL_DAYS, "assetSelection": daily}})
+    backfill = launched["launchPartitionBackfill"]
+    assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
+    query = """query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill {
+                 status runs(limit: 10) { runId status tags { key value } } } } }"""
+    status = wait_for(
+        url,
+        query,
+        {"id": backfill["backfillId"]},
+        lambda d: d["partitionBackfillOrError"]["status"],
+        {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"},
+    )
+    runs = graphql(url, query, {"id": backfill["backfillId"]})["partitionBackfillOrError"]["runs"]
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), (status, runs, (run.root / "dev.log").read_text()[-3000:])
+    assert len(runs) == 1 and runs[0]["status"] == "SUCCESS", runs
+    tags = {t["key"]: t["value"] for t in runs[0]["tags"]}
+    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == tuple(
+        BACKFILL_DAYS
+    )
+    assert {DAY, *BACKFILL_DAYS} <= materialized_days(url, fact)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)

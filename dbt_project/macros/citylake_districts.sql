@@ -11,6 +11,7 @@
 with records as (
 
     select * from {{ ref(unioned) }}
+    where {{ citylake_window() }}
 
 ),
 

@@ -1,16 +1,22 @@
-"""Jobs, schedules and alerts for running citylake day to day.
+"""Jobs, schedules and sensors for running citylake day to day.
 
 - `everything`: all assets (what `citylake run` and the UI's "Materialize all" run), with the
-  run-failure alert hook.
-- one job per source, `refresh__<agency>__<source>`: the source's bronze table and everything
-  downstream of it, on the source's `schedule:` (cron, in the city's time zone). Schedules start
-  stopped; turn them on in the UI (Automation) or with `dagster schedule start`.
+  run-failure alert hook. Its daily-partitioned assets rebuild the run's days.
+- one job per source, `refresh__<agency>__<source>`: load the source into its bronze table, on the
+  source's `schedule:` (cron, in the city's time zone). Schedules start stopped; turn them on in the
+  UI (Automation) or with `dagster schedule start`.
+- `conform`: the daily-partitioned assets and everything downstream of them (marts, indicators,
+  publication), for a day or a range of days.
+- the `conform_new_loads` sensor: after any bronze load (scheduled, a file arrival, the UI), one
+  `conform` run over exactly the days the load's rows fall on, late data included.
 """
 
 import dagster as dg
 
 from orchestration.alerts import post_alert, webhook_url
 from orchestration.city import city
+from orchestration.defs.transform.assets import dbt_daily
+from orchestration.partitions import data_days, range_tags
 
 
 @dg.failure_hook(name="alert_webhook")
@@ -47,14 +53,20 @@ everything = dg.define_asset_job(
 _source_jobs = {
     s.key: dg.define_asset_job(
         source_job_name(s.agency, s.name),
-        # publication is one step (the catalog swaps whole), so it is selected whole
-        selection=dg.AssetSelection.assets(dg.AssetKey(["bronze", s.agency, s.name])).downstream()
-        | dg.AssetSelection.groups("published"),
+        selection=dg.AssetSelection.assets(dg.AssetKey(["bronze", s.agency, s.name])),
         hooks={alert_webhook},
-        description=f"Load {s.where} and rebuild everything downstream of it.",
+        description=f"Load {s.where} into bronze; the conform_new_loads sensor rebuilds the days it touched.",
     )
     for s in city().sources
 }
+
+# the dbt models tagged `daily` and all that follows them; publication is one step, so it goes whole
+conform = dg.define_asset_job(
+    "conform",
+    selection=dg.AssetSelection.assets(dbt_daily).downstream().required_multi_asset_neighbors(),
+    hooks={alert_webhook},
+    description="Rebuild the chosen days of the daily-partitioned models and everything downstream of them.",
+)
 
 schedules = [
     dg.ScheduleDefinition(
@@ -68,4 +80,41 @@ schedules = [
     if s.schedule
 ]
 
-defs = dg.Definitions(jobs=[everything, *_source_jobs.values()], schedules=schedules)
+
+@dg.sensor(
+    name="conform_new_loads",
+    job=conform,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a bronze load, rebuilds the days its rows fall on (and everything downstream) in one run.",
+)
+def conform_new_loads(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    cursor = int(context.cursor) if context.cursor else None
+    loads = []
+    for source in city().sources:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(["bronze", source.agency, source.name]), after_storage_id=cursor
+            ),
+            limit=100,
+        ).records
+        loads += [(r.storage_id, source, r.run_id) for r in records]
+    if cursor is None:  # first tick: what was loaded before the sensor existed was conformed by its own runs
+        newest = max((storage_id for storage_id, _, _ in loads), default=0)
+        return dg.SensorResult(cursor=str(newest))
+    if not loads:
+        return dg.SkipReason("no new bronze loads")
+    spans = [data_days(city(), [source], batch=run_id) for _, source, run_id in loads]
+    spans = [s for s in spans if s]
+    newest = str(max(storage_id for storage_id, _, _ in loads))
+    if not spans:
+        return dg.SensorResult(skip_reason="the new loads brought no rows", cursor=newest)
+    first, last = min(s[0] for s in spans), max(s[1] for s in spans)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"conform-{newest}", tags=range_tags(first, last))], cursor=newest
+    )
+
+
+defs = dg.Definitions(
+    jobs=[everything, conform, *_source_jobs.values()], schedules=schedules, sensors=[conform_new_loads]
+)

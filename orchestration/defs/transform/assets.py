@@ -1,10 +1,18 @@
 """dbt (dbt-duckdb): staging -> intermediate -> conformed -> marts, one asset per model.
 
-Asset keys follow the layer folders: staging/stg_..., intermediate/int_..., conformed/fct_...,
-marts/indicators; seeds are reference/<seed>. dbt sources are the bronze assets, so lineage runs
-from each agency system to the indicators. dbt tests become asset checks.
+Asset keys follow the layer folders: intermediate/int_..., conformed/fct_..., marts/indicators;
+seeds are reference/<seed>. Staging models are ephemeral (compiled into the per-entity union), so
+lineage runs from each bronze asset straight to it and on to the indicators. dbt tests become asset
+checks.
+
+Three dbt steps, in this order: the reference data the daily models read (seeds, districts,
+categories); the daily-partitioned models (dbt tag `daily`: the per-entity intermediate
+models, the conformed facts), which get the run's partition window as vars and replace only those
+days; and everything computed from the facts (dimensions of dates and agencies, quarantine, marts,
+indicators), rebuilt whole. A backfill of a range of days runs as one dbt build over the range.
 """
 
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,8 +21,9 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from orchestration.city import dbt_project_dir
+from orchestration.city import city, dbt_project_dir
 from orchestration.dbt_build import dbt_env
+from orchestration.partitions import daily_partitions, window_vars
 
 
 class CityTranslator(DagsterDbtTranslator):
@@ -42,15 +51,38 @@ dbt_env()
 project = DbtProject(project_dir=dbt_project_dir(), profiles_dir=dbt_project_dir())
 
 
-@dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=CityTranslator(), pool="warehouse")
-def city_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    """Build the selected dbt models, seeds and tests in the city's warehouse."""
+DAILY = "tag:daily"
+common = {"manifest": project.manifest_path, "project": project, "dagster_dbt_translator": CityTranslator()}
+
+
+@dbt_assets(name="dbt_reference", select=f"+{DAILY}", exclude=DAILY, pool="warehouse", **common)
+def dbt_reference(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    """Build the seeds and dimensions the daily models read, with their tests."""
+    yield from dbt.cli(["build"], context=context).stream()
+
+
+@dbt_assets(
+    name="dbt_daily",
+    select=DAILY,
+    partitions_def=daily_partitions(city()),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="warehouse",
+    **common,
+)
+def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    """Rebuild the days of the run's partition window (one dbt build for a whole range)."""
+    yield from dbt.cli(["build", "--vars", json.dumps(window_vars(context))], context=context).stream()
+
+
+@dbt_assets(name="dbt_from_facts", exclude=f"+{DAILY}", pool="warehouse", **common)
+def dbt_from_facts(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    """Build everything computed from the facts: marts, indicators, quarantine, date and agency dimensions."""
     yield from dbt.cli(["build"], context=context).stream()
 
 
 # the dbt of this environment, whether or not the venv is on PATH
 DBT = str(Path(sys.executable).with_name("dbt"))
 defs = dg.Definitions(
-    assets=[city_dbt_models],
+    assets=[dbt_reference, dbt_daily, dbt_from_facts],
     resources={"dbt": DbtCliResource(project_dir=project, profiles_dir=str(dbt_project_dir()), dbt_executable=DBT)},
 )

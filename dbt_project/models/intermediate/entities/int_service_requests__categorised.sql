@@ -2,6 +2,7 @@
 with requests as (
 
     select * from {{ ref('int_service_requests__districted') }}
+    where {{ citylake_window() }}
 
 ),
 

@@ -3,6 +3,7 @@
 with collections as (
 
     select * from {{ ref('int_waste_collection__districted') }}
+    where {{ citylake_window() }}
 
 ),
 

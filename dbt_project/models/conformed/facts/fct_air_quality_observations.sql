@@ -2,7 +2,7 @@
 with observations as (
 
     select * from {{ ref('int_air_quality_observations__districted') }}
-    where reject_reason is null
+    where reject_reason is null and {{ citylake_window() }}
 
 ),
 
@@ -22,7 +22,8 @@ final as (
         coalesce(latitude, district_lat) as latitude,
         coalesce(longitude, district_lon) as longitude,
         district_code,
-        ingested_at
+        ingested_at,
+        partition_date
     from observations
 
 )

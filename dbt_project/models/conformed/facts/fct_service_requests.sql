@@ -2,7 +2,7 @@
 with requests as (
 
     select * from {{ ref('int_service_requests__categorised') }}
-    where reject_reason is null
+    where reject_reason is null and {{ citylake_window() }}
 
 ),
 
@@ -26,7 +26,8 @@ final as (
         district_code,
         closed_at is not null as is_closed,
         date_diff('second', requested_at, closed_at) / 86400.0 as days_to_close,
-        ingested_at
+        ingested_at,
+        partition_date
     from requests
 
 )

@@ -2,7 +2,7 @@
 with readings as (
 
     select * from {{ ref('int_energy_consumption__districted') }}
-    where reject_reason is null
+    where reject_reason is null and {{ citylake_window() }}
 
 ),
 
@@ -17,7 +17,8 @@ final as (
         kwh,
         lower(trim(sector)) as sector,
         district_code,
-        ingested_at
+        ingested_at,
+        partition_date
     from readings
 
 )

@@ -2,7 +2,7 @@
 with collections as (
 
     select * from {{ ref('int_waste_collection__classified') }}
-    where reject_reason is null
+    where reject_reason is null and {{ citylake_window() }}
 
 ),
 
@@ -18,7 +18,8 @@ final as (
         tonnes,
         route_id,
         district_code,
-        ingested_at
+        ingested_at,
+        partition_date
     from collections
 
 )

@@ -2,7 +2,7 @@
 with ridership as (
 
     select * from {{ ref('int_transit_ridership__districted') }}
-    where reject_reason is null
+    where reject_reason is null and {{ citylake_window() }}
 
 ),
 
@@ -20,7 +20,8 @@ final as (
         coalesce(latitude, district_lat) as latitude,
         coalesce(longitude, district_lon) as longitude,
         district_code,
-        ingested_at
+        ingested_at,
+        partition_date
     from ridership
 
 )

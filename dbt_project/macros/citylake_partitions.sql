@@ -1,0 +1,54 @@
+{#- Daily partitions. The time-based models (tag `daily`: the per-entity intermediate models and the
+    conformed facts) are incremental: each build replaces the days from var('min_date') to
+    var('max_date') (city-local dates; Dagster passes the partition window, a plain `dbt build` takes
+    every day) and keeps the others. Each record's day is its `partition_date`. -#}
+
+{% macro citylake_window(column='partition_date') -%}
+    {{ column }} between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+{%- endmacro %}
+
+{% macro citylake_delete_window() -%}
+    {#- pre-hook of the daily models: in the same transaction as the insert, drop the days being
+        rebuilt (and rows from before partitions existed, which carry no partition_date). -#}
+    {%- if is_incremental() -%}
+        delete from {{ this }} where partition_date is null or {{ citylake_window() }}
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro citylake_drop_moved_records() -%}
+    {#- post-hook of the daily models: a record delivered again with a different day (a corrected
+        date) lives on in its new day only; its old day, outside this window, lets it go. -#}
+    {%- if is_incremental() -%}
+        delete from {{ this }}
+        where not ({{ citylake_window() }})
+            and source_name || chr(0) || record_key in (
+                select source_name || chr(0) || record_key from {{ this }} where {{ citylake_window() }}
+            )
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro citylake_local_today() -%}
+    cast(now() at time zone '{{ var("city_timezone") }}' as date)
+{%- endmacro %}
+
+{% macro citylake_partition_date(event_date, ingested_at) -%}
+    {#- The record's day: the city-local date of its event, else (unreadable or missing) of its
+        arrival; clamped to the partitions that exist, so a record out of range still lands in one
+        (and is quarantined for it, see citylake_time_reject_reason). -#}
+    least(
+        greatest(
+            coalesce({{ event_date }}, {{ citylake_local_date(ingested_at) }}),
+            date '{{ var("partitions_start") }}'
+        ),
+        {{ citylake_local_today() }}
+    )
+{%- endmacro %}
+
+{% macro citylake_time_reject_reason(column, event_date) -%}
+    case
+        when {{ event_date }} < date '{{ var("partitions_start") }}'
+            then '{{ column }} ' || {{ event_date }} || ' is before partitions.start ({{ var("partitions_start") }} in city.yaml)'
+        when {{ event_date }} > {{ citylake_local_today() }} + 1
+            then '{{ column }} ' || {{ event_date }} || ' is in the future'
+    end
+{%- endmacro %}

@@ -1,0 +1,97 @@
+"""Daily partitions: the city-local days the time-based assets are split into.
+
+The per-entity intermediate models and the conformed facts (dbt tag `daily`) are partitioned by the
+day of each record (`partition_date`, see dbt_project/macros/citylake_partitions.sql). A run names a
+day or a range of days; the dbt models get the range as vars and replace only those days. Bronze
+loads, the dimensions, the indicators and publication are not partitioned: a load takes whatever the
+source has that is new, and the indicators are recomputed from the conformed facts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from orchestration.config import CityConfig, Source
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def daily_partitions(cfg: CityConfig) -> dg.DailyPartitionsDefinition:
+    """partitions.start to today (the day in progress included), in the city's time zone."""
+    return dg.DailyPartitionsDefinition(
+        start_date=cfg.partitions_start.isoformat(), timezone=cfg.timezone, end_offset=1
+    )
+
+
+def today(cfg: CityConfig) -> dt.date:
+    """Today in the city: the last daily partition."""
+    return dt.datetime.now(ZoneInfo(cfg.timezone)).date()
+
+
+def range_tags(first: dt.date, last: dt.date) -> dict[str, str]:
+    """Run tags for one run over the days first..last (both included)."""
+    if last < first:
+        raise ValueError(f"the range ends ({last}) before it starts ({first})")
+    return {RANGE_START: first.isoformat(), RANGE_END: last.isoformat()}
+
+
+def full_range(cfg: CityConfig) -> tuple[dt.date, dt.date]:
+    """Every day there is: what `citylake run` rebuilds when no day is named."""
+    return cfg.partitions_start, today(cfg)
+
+
+def window_vars(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """The run's partition window as the dbt vars min_date/max_date (city-local days, inclusive)."""
+    start, end = context.partition_time_window
+    return {"min_date": start.date().isoformat(), "max_date": (end - dt.timedelta(days=1)).date().isoformat()}
+
+
+def data_days(
+    cfg: CityConfig, sources: Sequence[Source] | None = None, batch: str | None = None
+) -> tuple[dt.date, dt.date] | None:
+    """The days the bronze data of `sources` (default: all) covers, only the rows a load (`batch`,
+    its run id) wrote if given; None when there are none. What `citylake run` rebuilds when no day is
+    named, and what a new load makes the `conform_new_loads` sensor rebuild. Read from each source's
+    mapped time column, a day of margin either side for time zones; a record whose time cannot be read
+    is dated by its arrival, so today is included."""
+    import duckdb
+
+    from orchestration.dbt_build import raw_expression
+    from orchestration.entities import ENTITIES
+    from orchestration.lake import bronze_uri, open_table
+
+    first, last = None, None
+    with duckdb.connect() as con:
+        for source in cfg.sources if sources is None else sources:
+            table = open_table(bronze_uri(cfg, source.agency, source.name)) if source.feeds else None
+            if table is None:
+                continue
+            mapping = source.columns.get(ENTITIES[source.feeds].time)
+            if mapping is None:
+                continue
+            raw = f"cast({raw_expression(mapping)} as varchar)"
+            con.register("bronze", table.to_pyarrow_dataset())
+            lo, hi, unread = con.execute(
+                f"""select min(d), max(d), count(*) filter (where d is null) from (
+                    select coalesce(cast(try_cast({raw} as timestamptz) as date),
+                                    cast(try_cast({raw} as timestamp) as date), try_cast({raw} as date)) as d
+                    from bronze where ? is null or _batch = ?)""",
+                [batch, batch],
+            ).fetchall()[0]
+            con.unregister("bronze")
+            if unread:
+                hi = today(cfg)
+            for d in (lo, hi):
+                if d is not None:
+                    first = d if first is None else min(first, d)
+                    last = d if last is None else max(last, d)
+    if first is None:
+        return None
+    every_first, every_last = full_range(cfg)
+    day = dt.timedelta(days=1)
+    return max(every_first, min(first - day, every_last)), min(every_last, max(last + day, every_first))
