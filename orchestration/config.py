@@ -33,6 +33,12 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
   `sinks: {postgres: {dsn: ${CITYLAKE_PG_DSN}, schema: citylake, reader_role: citylake_reader}}`;
   `schema` defaults to `citylake`, `reader_role` (granted SELECT on the schema) is optional. The dsn is
   resolved from the environment only when the sink runs.
+- `deduplicate`: optional, per conformed entity, how records of one real-world thing delivered by
+  several sources are counted once: `deduplicate: {road_collisions: {match: [accident_at, latitude,
+  longitude], prefer: [safety/collisions, police/incidents]}}`. `match` lists the entity's conformed
+  columns whose equal values mean "the same record"; `prefer` (optional) orders the feeding sources
+  (`agency/source`) whose record is kept, unlisted sources after them, then the latest ingested. Opt-in:
+  two sources may rightly deliver equal values (see docs/indicators.md, "Duplicates").
 """
 
 from __future__ import annotations
@@ -130,6 +136,16 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Deduplicate:
+    """`deduplicate.<entity>`: records of different sources with equal `match` values are one record;
+    the one kept comes from the first source in `prefer` (then unlisted sources, then the latest ingested)."""
+
+    entity: str
+    match: tuple[str, ...]
+    prefer: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CityConfig:
     """The validated city.yaml."""
 
@@ -152,6 +168,8 @@ class CityConfig:
     alerts: dict[str, Any] = field(default_factory=dict)
     #: partitions.start: the first daily partition
     partitions_start: dt.date = dt.date(2000, 1, 1)
+    #: deduplicate: entity -> the rule that counts a record delivered by several sources once
+    deduplicate: dict[str, Deduplicate] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -368,6 +386,58 @@ def _parse_partitions(value: Any) -> dt.date:
     return start
 
 
+def _parse_deduplicate(value: Any, sources: list[Source]) -> dict[str, Deduplicate]:
+    """`deduplicate:` (see the module docstring): every entity, column and source named must exist and fit."""
+    rules = {}
+    example = "e.g. road_collisions: {match: [accident_at, latitude, longitude], prefer: [safety/collisions]}"
+    for entity_name, given in _mapping(value, "deduplicate").items():
+        where = f"deduplicate.{entity_name}"
+        if entity_name not in ENTITIES:
+            raise ConfigError(f"{where}: '{entity_name}' is not a conformed entity; use one of {', '.join(ENTITIES)}")
+        entity = ENTITIES[entity_name]
+        rule = _mapping(given, where)
+        unknown = sorted(set(rule) - {"match", "prefer"})
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; a rule takes match and prefer; {example}")
+        match = rule.get("match")
+        if not match or not isinstance(match, list):
+            raise ConfigError(
+                f"{where}.match is missing: list the conformed columns whose equal values mean the same "
+                f"real-world record; {example}"
+            )
+        feeding = [s for s in sources if s.feeds == entity_name]
+        for col in match:
+            if entity.column(str(col)) is None:
+                names = ", ".join(c.name for c in entity.columns)
+                raise ConfigError(f"{where}.match: {entity_name} has no column '{col}'; its columns are {names}")
+            unmapped = [s.where for s in feeding if col not in s.columns]
+            if unmapped:
+                raise ConfigError(
+                    f"{where}.match: {', '.join(unmapped)} does not map '{col}', so its records could never "
+                    f"match; map it in that source's columns: or leave '{col}' out of match"
+                )
+        prefer = rule.get("prefer") or []
+        if not isinstance(prefer, list):
+            raise ConfigError(f"{where}.prefer: a list of agency/source names, first kept; {example}")
+        by_key = {s.key: s for s in sources}
+        for key in prefer:
+            feeds = ", ".join(s.key for s in feeding) or "none"
+            if key not in by_key:
+                raise ConfigError(
+                    f"{where}.prefer: '{key}' is not a source in agencies (write agency/source); "
+                    f"the sources feeding {entity_name} are {feeds}"
+                )
+            if by_key[key].feeds != entity_name:
+                raise ConfigError(
+                    f"{where}.prefer: {key} feeds {by_key[key].feeds or 'no entity'}, not {entity_name}; "
+                    f"the sources feeding {entity_name} are {feeds}"
+                )
+        if len(set(prefer)) != len(prefer):
+            raise ConfigError(f"{where}.prefer: a source is listed twice; list each once, first kept")
+        rules[entity_name] = Deduplicate(entity_name, tuple(str(c) for c in match), tuple(prefer))
+    return rules
+
+
 def load_config(path: str | os.PathLike | None = None) -> CityConfig:
     """Read and validate city.yaml; raises ConfigError naming the key and the fix."""
     p = config_path(path)
@@ -450,4 +520,5 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         population_format=_parse_population_format(districts.get("population_format")),
         alerts=_parse_alerts(data.get("alerts")),
         partitions_start=_parse_partitions(data.get("partitions")),
+        deduplicate=_parse_deduplicate(data.get("deduplicate"), sources),
     )

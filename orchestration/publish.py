@@ -31,7 +31,8 @@ REPORT_NAME = "indicator_report.html"
 CATALOG_DOCS: dict[str, dict] = {
     "quarantine": {
         "description": "Every record held back from the lake (bronze: unreadable rows, duplicate keys) or from the "
-        "conformed layer (rules broken), with the reason. Nothing here reaches the marts.",
+        "conformed layer (rules broken, or a record another source also delivered: deduplicate in city.yaml), "
+        "with the reason. Nothing here reaches the marts.",
         "columns": {
             "layer": "bronze (rejected while loading) or conformed (rejected while conforming).",
             "entity": "The conformed entity the source feeds.",
@@ -135,11 +136,14 @@ def quarantine_summary(quarantine: pa.Table) -> pa.Table:
     con = duckdb.connect()
     try:
         con.register("quarantine", quarantine)
-        # the key is masked so that one rule broken by many records counts as one reason; quoted
-        # values (an unknown district name, say) stay, because they are what someone has to fix
+        # the key is masked so that one rule broken by many records counts as one reason (a duplicate's
+        # reason names the kept record's key: masked too); quoted values (an unknown district name, say)
+        # stay, because they are what someone has to fix
         return con.sql(
             """select layer, entity, agency, source_name,
-                      case when record_key is null or record_key = '' then reason
+                      case when reason like 'duplicate of %(deduplicate.%'
+                               then regexp_replace(reason, '^(duplicate of [^ ]+) .* \\(', '\\1 <key> (')
+                           when record_key is null or record_key = '' then reason
                            else replace(reason, record_key, '<key>') end as reason,
                       count(*) as records,
                       min(ingested_at) as first_ingested_at,

@@ -102,6 +102,45 @@ def test_missing_config_file_says_how_to_get_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"parking": {"match": ["x"]}}, "deduplicate.parking: 'parking' is not a conformed entity"),
+        ({"transit_ridership": {"match": []}}, "deduplicate.transit_ridership.match is missing"),
+        ({"transit_ridership": {"match": ["speed"]}}, "transit_ridership has no column 'speed'"),
+        ({"transit_ridership": {"match": ["stop_id"]}}, "agencies.transport.ridership does not map 'stop_id'"),
+        (
+            {"transit_ridership": {"match": ["service_date"], "prefer": ["transport/buses"]}},
+            "'transport/buses' is not a source in agencies",
+        ),
+        (
+            {"transit_ridership": {"match": ["service_date"], "prefer": ["safety/collisions"]}},
+            "safety/collisions feeds road_collisions, not transit_ridership",
+        ),
+        ({"transit_ridership": {"match": ["service_date"], "keep": "first"}}, "transit_ridership.keep: unknown key"),
+    ],
+)
+def test_deduplicate_errors_name_the_key_and_the_fix(tmp_path: Path, base: dict, rule: dict, message: str) -> None:
+    """`deduplicate:` is checked up front: entity, columns and sources must exist and fit."""
+    base["agencies"]["safety"] = {
+        "collisions": {
+            "kind": "sqlite",
+            "path": "./s.sqlite",
+            "table": "collisions",
+            "primary_key": ["id"],
+            "feeds": "road_collisions",
+            "columns": {"collision_id": "id", "accident_at": "at"},
+        }
+    }
+    base["deduplicate"] = rule
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(write(tmp_path, base))
+    # the same city with a rule that fits loads, with the rule as written
+    base["deduplicate"] = {"road_collisions": {"match": ["accident_at"], "prefer": ["safety/collisions"]}}
+    rule = load_config(write(tmp_path, base)).deduplicate["road_collisions"]
+    assert (rule.match, rule.prefer) == (("accident_at",), ("safety/collisions",))
+
+
+@pytest.mark.parametrize(
     ("partitions", "message"),
     [
         ({"start": "March 2025"}, "partitions.start: 'March 2025' is not a date"),

@@ -108,6 +108,25 @@ def test_every_bad_record_is_in_quarantine_and_none_reaches_the_facts(city_run: 
         con.close()
 
 
+def test_district_population_has_one_type_in_both_dimensions(city_run: CityRun) -> None:
+    """dim_district.population (the latest census, via a DuckDB sum for CITY) is bigint like the census table."""
+    con = duckdb.connect(str(city_run.warehouse), read_only=True)
+    try:
+        types = con.execute(
+            "select table_name, data_type from information_schema.columns where column_name = 'population' "
+            "and table_name in ('dim_district', 'dim_district_population') order by table_name"
+        ).fetchall()
+        joined = con.execute(
+            "select count(*) from dim_district d join dim_district_population p "
+            "on p.district_code = d.district_code and p.census_year = d.population_year and p.population = d.population"
+        ).fetchall()
+        districts = con.execute("select count(*) from dim_district where population is not null").fetchall()
+    finally:
+        con.close()
+    assert types == [("dim_district", "BIGINT"), ("dim_district_population", "BIGINT")]
+    assert joined == districts and districts[0][0] > 0
+
+
 def test_published_delta_marts_match_the_catalog(city_run: CityRun) -> None:
     from deltalake import DeltaTable
 

@@ -27,7 +27,7 @@ final as (
         cast(districts.code as varchar) as district_code,
         districts.name as district_name,
         cast(districts.area_km2 as double) as area_km2,
-        population.population,
+        cast(population.population as bigint) as population,
         population.census_year as population_year,
         boundaries.geometry_wkt
     from districts

@@ -2,7 +2,7 @@
 with observations as (
 
     select * from {{ ref('int_air_quality_observations__districted') }}
-    where reject_reason is null and {{ citylake_window() }}
+    where reject_reason is null and duplicate_of is null and {{ citylake_window() }}
 
 ),
 

@@ -2,7 +2,7 @@
 with readings as (
 
     select * from {{ ref('int_energy_consumption__districted') }}
-    where reject_reason is null and {{ citylake_window() }}
+    where reject_reason is null and duplicate_of is null and {{ citylake_window() }}
 
 ),
 

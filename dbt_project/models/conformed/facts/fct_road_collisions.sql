@@ -2,7 +2,7 @@
 with collisions as (
 
     select * from {{ ref('int_road_collisions__districted') }}
-    where reject_reason is null and {{ citylake_window() }}
+    where reject_reason is null and duplicate_of is null and {{ citylake_window() }}
 
 ),
 

@@ -2,7 +2,7 @@
 with requests as (
 
     select * from {{ ref('int_service_requests__categorised') }}
-    where reject_reason is null and {{ citylake_window() }}
+    where reject_reason is null and duplicate_of is null and {{ citylake_window() }}
 
 ),
 

@@ -2,7 +2,7 @@
 with ridership as (
 
     select * from {{ ref('int_transit_ridership__districted') }}
-    where reject_reason is null and {{ citylake_window() }}
+    where reject_reason is null and duplicate_of is null and {{ citylake_window() }}
 
 ),
 

@@ -2,7 +2,7 @@
 with collections as (
 
     select * from {{ ref('int_waste_collection__classified') }}
-    where reject_reason is null and {{ citylake_window() }}
+    where reject_reason is null and duplicate_of is null and {{ citylake_window() }}
 
 ),
 
