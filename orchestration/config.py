@@ -27,8 +27,9 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
   the URL may be `${ALERT_WEBHOOK_URL}`.
 - `partitions`: `{start: 2025-01-01}`: the first of the daily partitions the time-based assets (the
   per-entity intermediate models and the conformed facts) are split into, by the day of each record
-  in the city's time zone (default 2000-01-01; fewer days make runs over every day quicker). A record
-  dated before it is quarantined with that reason, as is one dated in the future.
+  in the city's time zone (default 2000-01-01). Older records are kept in that first partition (the
+  history), so set it where day-by-day operation starts: a run over N days records N events per daily
+  asset in Dagster. A record dated in the future or before 1900 is quarantined with that reason.
 - `sinks`: optional copies of the published marts for BI tools. Only `postgres` so far:
   `sinks: {postgres: {dsn: ${CITYLAKE_PG_DSN}, schema: citylake, reader_role: citylake_reader}}`;
   `schema` defaults to `citylake`, `reader_role` (granted SELECT on the schema) is optional. The dsn is
@@ -382,7 +383,7 @@ def _parse_partitions(value: Any) -> dt.date:
         except ValueError:
             raise ConfigError(f"partitions.start: '{start}' is not a date; write e.g. start: 2025-01-01") from None
     if start > dt.date.today():
-        raise ConfigError(f"partitions.start: {start} is in the future; use the first day of the city's data")
+        raise ConfigError(f"partitions.start: {start} is in the future; use the day day-by-day operation starts")
     return start
 
 

@@ -33,8 +33,9 @@
 
 {% macro citylake_partition_date(event_date, ingested_at) -%}
     {#- The record's day: the city-local date of its event, else (unreadable or missing) of its
-        arrival; clamped to the partitions that exist, so a record out of range still lands in one
-        (and is quarantined for it, see citylake_time_reject_reason). -#}
+        arrival; clamped to the partitions that exist: history from before partitions.start lives in
+        the first partition, and a record dated in the future (quarantined for it, see
+        citylake_time_reject_reason) in today's. -#}
     least(
         greatest(
             coalesce({{ event_date }}, {{ citylake_local_date(ingested_at) }}),
@@ -46,8 +47,8 @@
 
 {% macro citylake_time_reject_reason(column, event_date) -%}
     case
-        when {{ event_date }} < date '{{ var("partitions_start") }}'
-            then '{{ column }} ' || {{ event_date }} || ' is before partitions.start ({{ var("partitions_start") }} in city.yaml)'
+        when {{ event_date }} < date '1900-01-01'
+            then '{{ column }} ' || {{ event_date }} || ' is before 1900'
         when {{ event_date }} > {{ citylake_local_today() }} + 1
             then '{{ column }} ' || {{ event_date }} || ' is in the future'
     end
