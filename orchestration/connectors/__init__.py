@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestration.config import Source
+from orchestration.config import PII_KEY_ENV, Source
 
 
 @dataclass
@@ -113,6 +113,8 @@ def secret_values(source: Source) -> list[str]:
             found.update(os.environ[n] for n in names if n in os.environ)
 
     walk(source.raw)
+    if source.personal_data.get("hash") and os.environ.get(PII_KEY_ENV):
+        found.add(os.environ[PII_KEY_ENV])  # the personal-data HMAC key is a secret too
     return sorted((v for v in found if len(v) >= 3), key=len, reverse=True)
 
 
