@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from orchestration import lake
 from orchestration.config import CityConfig, Source
-from orchestration.connectors import Landing, Rejected, read_source, redact
+from orchestration.connectors import Landing, Rejected, read_source, scrubbed, secret_values
 from orchestration.privacy import PersonalData
 from orchestration.quality import bronze_suite, split_rows
 
@@ -372,11 +372,9 @@ def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], Non
     try:
         return _ingest(cfg, source, batch, log)
     except Exception as exc:
-        message = str(exc)
-        clean = redact(message, source)
-        if clean != message:
-            # the original (and its traceback) held a secret: do not chain it
-            raise SourceError(f"{source.where}: {type(exc).__name__}: {clean}") from None
+        clean = scrubbed(exc, secret_values(source), source.where, SourceError)
+        if clean is not None:
+            raise clean from None
         raise
 
 
