@@ -18,11 +18,10 @@ import hmac
 import json
 import secrets
 import threading
-import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -32,54 +31,30 @@ from orchestration.config import load_config
 from tests.conftest import CityRun, citylake, free_port, write_city_config
 from tests.connectors_support import PG_DSN
 from tests.lake_scan import search
+from tests.test_connectors_http import TOKEN as API_KEY
+from tests.test_connectors_http import Api
+from tests.test_connectors_http import Handler as ApiHandler
 
 TAG = secrets.token_hex(6)
 SECRET = f"s3cr3t-{TAG}"  # the PostgreSQL password
-TOKEN = f"t0ken-{secrets.token_hex(6)}"  # the API's bearer token and api_key
+TOKEN = f"t0ken-{secrets.token_hex(6)}"  # an API token in the URL
 HOOK = f"h00k-{secrets.token_hex(6)}"  # the alert webhook's path token
 PII_KEY = f"p11key-{secrets.token_hex(8)}"  # the personal-data HMAC key
-ALL = [SECRET, TOKEN, HOOK, PII_KEY]
+ALL = [SECRET, TOKEN, API_KEY, HOOK, PII_KEY]  # API_KEY: the API's X-Api-Key header
 TABLE = f"permits_{TAG}"
 SINK_SCHEMA = f"citylake_secrets_{TAG}"
 
 
-@dataclass
-class Received:
-    """What the test's HTTP server saw: API calls (with their credentials) and alert bodies."""
+class Hooks(ApiHandler):
+    """The connector tests' API (it answers only with the X-Api-Key header), which also takes alert POSTs."""
 
-    api_calls: list[tuple[str, str]] = field(default_factory=list)
-    alerts: list[str] = field(default_factory=list)
+    alerts: list[str]
 
-
-def _server(received: Received) -> ThreadingHTTPServer:
-    records = [{"permit_id": f"P{i}", "kind": "street works"} for i in range(5)]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-            auth = self.headers.get("Authorization", "")
-            received.api_calls.append((auth, query.get("api_key", [""])[0]))
-            ok = auth == f"Bearer {TOKEN}" and query.get("api_key") == [TOKEN]
-            self._send(200 if ok else 401, records if ok else {"error": "bad credentials"})
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            if self.path == f"/hook/{HOOK}":
-                received.alerts.append(body)
-            self._send(204, None)
-
-        def _send(self, status: int, body: object) -> None:
-            data = b"" if body is None else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: object) -> None:
-            """quiet"""
-
-    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        if self.path == f"/hook/{HOOK}":
+            self.alerts.append(body)
+        self._send(204, b"")
 
 
 def _pg():
@@ -94,7 +69,8 @@ def _pg():
 class SecretRun:
     run: CityRun
     outputs: dict[str, str]
-    received: Received
+    api: Api
+    alerts: list[str]
     run_code: int
 
 
@@ -105,8 +81,8 @@ def secret_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretRun]:
     conn = _pg()
     conn.execute(f"create table {TABLE} (permit_id text primary key, street text)")
     conn.execute(f"insert into {TABLE} values ('A1', 'Quay Street'), ('A2', 'Mill Lane'), ('A3', 'Elm Row')")
-    received = Received()
-    server = _server(received)
+    api_state, alerts = Api(5), []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (Hooks,), {"api": api_state, "alerts": alerts}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     api = f"http://127.0.0.1:{server.server_address[1]}"
@@ -127,15 +103,16 @@ def secret_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretRun]:
         "street_works_down": {**pg, "dsn": good_dsn.replace("5432", str(free_port()))},
         "api": {
             "kind": "http_json",
-            "url": f"{api}/records?api_key=${{CITYLAKE_TEST_API_TOKEN}}",
-            "headers": {"Authorization": "Bearer ${CITYLAKE_TEST_API_TOKEN}"},
-            "primary_key": ["permit_id"],
+            "url": f"{api}/page?api_key=${{CITYLAKE_TEST_API_TOKEN}}",
+            "pagination": {"size": 10},
+            "headers": {"X-Api-Key": "${CITYLAKE_TEST_API_KEY}"},
+            "primary_key": ["id"],
         },
         "api_down": {
             "kind": "http_json",
-            "url": f"http://127.0.0.1:{free_port()}/records?api_key=${{CITYLAKE_TEST_API_TOKEN}}",
-            "headers": {"Authorization": "Bearer ${CITYLAKE_TEST_API_TOKEN}"},
-            "primary_key": ["permit_id"],
+            "url": f"http://127.0.0.1:{free_port()}/page?api_key=${{CITYLAKE_TEST_API_TOKEN}}",
+            "headers": {"X-Api-Key": "${CITYLAKE_TEST_API_KEY}"},
+            "primary_key": ["id"],
             "max_retries": 0,
         },
     }
@@ -148,6 +125,7 @@ def secret_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretRun]:
         "CITYLAKE_TEST_PG_PASSWORD_AT": f"p@{SECRET}",
         "CITYLAKE_TEST_PG_PASSWORD_PCT": f"{SECRET}%zz",
         "CITYLAKE_TEST_API_TOKEN": TOKEN,
+        "CITYLAKE_TEST_API_KEY": API_KEY,
         "CITYLAKE_TEST_WEBHOOK_TOKEN": HOOK,
         "CITYLAKE_PII_KEY": PII_KEY,
     }
@@ -163,7 +141,7 @@ def secret_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretRun]:
         "check stderr": checked.stderr,
     }
     try:
-        yield SecretRun(run, outputs, received, ran.returncode)
+        yield SecretRun(run, outputs, api_state, alerts, ran.returncode)
     finally:
         server.shutdown()
         server.server_close()
@@ -183,7 +161,8 @@ def test_the_secrets_were_used_and_the_broken_sources_failed(secret_run: SecretR
     run, out = secret_run.run, secret_run.outputs
     assert secret_run.run_code == 1, out["run stdout"][-3000:]
     assert {r["permit_id"] for r in _bronze(run, "permits", "street_works")} == {"A1", "A2", "A3"}
-    assert len(_bronze(run, "permits", "api")) == 5 and (f"Bearer {TOKEN}", TOKEN) in secret_run.received.api_calls
+    # the API answers only with the header's key; the URL's token reached it
+    assert len(_bronze(run, "permits", "api")) == 5 and f"api_key={TOKEN}" in secret_run.api.requests[0]
     requests = json.loads((run.city_dir / "open311" / "requests.json").read_text())
     email = {r["service_request_id"]: r["email"] for r in requests}
     row = next(r for r in _bronze(run, "service_requests", "requests") if r["email"])
@@ -195,7 +174,7 @@ def test_the_secrets_were_used_and_the_broken_sources_failed(secret_run: SecretR
     assert any("Connection refused" in line and "street_works_down" in line for line in failed), failed
     assert any("api_down" in line and "failed after 1 tries" in line for line in failed), failed
     assert any("published__postgres" in line for line in failed), failed
-    assert len(secret_run.received.alerts) >= 5, "the webhook (with its token) received the failures"
+    assert len(secret_run.alerts) >= 5, "the webhook (with its token) received the failures"
     assert "FAIL" in out["check stdout"] and "ok   permits/street_works " in out["check stdout"]
 
 
@@ -204,7 +183,7 @@ def test_no_secret_in_any_output_or_stored_byte(secret_run: SecretRun) -> None:
     for name, text in secret_run.outputs.items():
         leaked = [s for s in ALL if s in text]
         assert not leaked, f"{name} holds {leaked}:\n{text[-2000:]}"
-    for body in secret_run.received.alerts:
+    for body in secret_run.alerts:
         assert not [s for s in ALL if s in body], body
     roots = [run.lake, run.state]
     assert (run.state / "dagster" / "history").exists() and (run.state / "logs").exists()
