@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from orchestration.config import CityConfig, ConfigError, config_path, load_config
+from orchestration.config import PII_KEY_ENV, CityConfig, ConfigError, config_path, load_config
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -46,7 +46,34 @@ def _load(config: str | None) -> CityConfig:
     os.environ["DAGSTER_HOME"] = str(dagster_home(cfg))
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
     os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    demo_pii_key(cfg, create=False)
     return cfg
+
+
+def demo_pii_key(cfg: CityConfig, create: bool) -> None:
+    """CITYLAKE_PII_KEY from the key `citylake demo` made for this install, when the environment has none.
+
+    The personal-data HMAC key comes from the environment. Only so that `make demo` (and the `run`,
+    `dev` and `check` that follow it on the same config) work without exporting anything, `citylake
+    demo` writes a random key to <state_dir>/pii.key (mode 600) when the variable is unset and says so;
+    no other command creates that file, so a real city that exports nothing gets a clear error instead.
+    """
+    if os.environ.get(PII_KEY_ENV) or not any(s.personal_data["hash"] for s in cfg.sources):
+        return
+    path = cfg.state_dir / "pii.key"
+    if not path.exists():
+        if not create:
+            return
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        click.echo(
+            f"{PII_KEY_ENV} is not set: personal data is hashed with a key made for this demo, kept in {path}; "
+            f"a real city exports {PII_KEY_ENV} (docs/cities.md, Personal data)"
+        )
+    os.environ[PII_KEY_ENV] = path.read_text().strip()
 
 
 @contextlib.contextmanager
@@ -251,6 +278,7 @@ def demo(config: str | None, scale: float, days: int) -> None:
     ctx = click.get_current_context()
     ctx.invoke(generate, config=config, scale=scale, days=days, start=dt.datetime(2025, 1, 1), seed=42, out=None)
     cfg = _load(config)
+    demo_pii_key(cfg, create=True)
     t0 = time.perf_counter()
     if not run_assets(cfg, None):
         sys.exit(1)

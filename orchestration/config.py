@@ -23,6 +23,13 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
 - `simulators`: agency systems the reference city simulates, started by `citylake demo/run/dev`
   (`open311: {data: path, port: 8311}`). Real cities leave it out.
 - `agencies`: `<agency>: <source>: {...}`: see `Source`.
+- `agencies.<agency>.<source>.personal_data`: `{drop: [columns], hash: [columns]}`, applied as the source
+  is read, before anything is written to bronze or quarantine: dropped columns never reach the lake,
+  hashed ones land as the HMAC-SHA256 hex digest of their text, keyed by the `CITYLAKE_PII_KEY`
+  environment variable (at least 16 characters; required when `hash:` is used; never logged). A
+  dotted name (`contact.email`) reaches into a column holding a JSON object (nested API fields land
+  as JSON text), unless a column of that exact name exists. Primary-key columns may be hashed, not
+  dropped; the cursor column may be neither. See orchestration/privacy.py.
 - `alerts`: `{webhook: URL}`: a failed run step POSTs a JSON alert (city, run, step, error) there;
   the URL may be `${ALERT_WEBHOOK_URL}`.
 - `partitions`: `{start: 2025-01-01}`: the first of the daily partitions the time-based assets (the
@@ -73,6 +80,29 @@ def config_path(explicit: str | os.PathLike | None = None) -> Path:
     return Path(explicit or os.environ.get("CITYLAKE_CONFIG") or DEFAULT_CONFIG).resolve()
 
 
+PII_KEY_ENV = "CITYLAKE_PII_KEY"
+PII_KEY_MIN_CHARS = 16
+PERSONAL_DATA_ACTIONS = ("drop", "hash")
+
+
+def pii_key(where: str) -> bytes:
+    """The key of the personal-data HMAC, from `CITYLAKE_PII_KEY` (never log it); `where` names the source."""
+    value = os.environ.get(PII_KEY_ENV, "")
+    fix = (
+        "export a random key of at least 16 characters, e.g. "
+        "CITYLAKE_PII_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))'), and keep it: "
+        "every hash depends on it"
+    )
+    if not value:
+        raise ConfigError(f"{where}.personal_data.hash: environment variable {PII_KEY_ENV} is not set; {fix}")
+    if len(value) < PII_KEY_MIN_CHARS:
+        raise ConfigError(
+            f"{where}.personal_data.hash: {PII_KEY_ENV} has {len(value)} characters, too short to keep hashed "
+            f"values from being guessed; {fix}"
+        )
+    return value.encode()
+
+
 def resolve_env(value: str, where: str) -> str:
     """Replace `${VAR}` with the variable's value; a missing variable is an error naming the key."""
 
@@ -96,7 +126,8 @@ class Source:
     times are in; default the city's), feeds (a conformed entity), columns (conformed column ->
     source column or SQL expression), district ({from: coordinates|code|name, ...}), units,
     freshness ({column, max_delay_hours}: the newest row must be at most that old), volume
-    ({max_drop}: the table may not shrink by more than this share between validated runs; 0.5).
+    ({max_drop}: the table may not shrink by more than this share between validated runs; 0.5),
+    personal_data ({drop: [...], hash: [...]}: see the module docstring).
     """
 
     agency: str
@@ -111,6 +142,8 @@ class Source:
     district: dict[str, str] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     schedule: str | None = None
+    #: personal_data: {"drop": (...), "hash": (...)}, both always present (empty: nothing to do)
+    personal_data: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"drop": (), "hash": ()})
 
     @property
     def key(self) -> str:
@@ -288,6 +321,7 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
     drop = _mapping(raw.get("volume"), f"{where}.volume").get("max_drop", 0.5)
     if not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
         raise ConfigError(f"{where}.volume.max_drop: a share between 0 and 1 (e.g. 0.5), got {drop!r}")
+    personal = _parse_personal_data(raw.get("personal_data"), where, pk, raw, columns, district)
     from orchestration.dbt_build import unit_factors  # late: the seed reader lives with the dbt build
 
     for quantity, unit in units.items():
@@ -309,7 +343,48 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
         district=district,
         units=units,
         schedule=raw.get("schedule"),
+        personal_data=personal,
     )
+
+
+def _parse_personal_data(
+    value: Any, where: str, pk: list[str], raw: dict, columns: dict[str, str], district: dict[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """`personal_data: {drop: [...], hash: [...]}`: column names (or dotted paths into JSON columns)."""
+    where = f"{where}.personal_data"
+    example = "e.g. personal_data: {drop: [first_name, phone], hash: [email]}"
+    given = _mapping(value, where)
+    unknown = sorted(set(given) - set(PERSONAL_DATA_ACTIONS))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; use drop and hash, {example}")
+    out: dict[str, tuple[str, ...]] = {}
+    for action in PERSONAL_DATA_ACTIONS:
+        names = given.get(action) or []
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ConfigError(f"{where}.{action}: a list of source column names, {example}")
+        out[action] = tuple(dict.fromkeys(names))
+    both = sorted(set(out["drop"]) & set(out["hash"]))
+    if both:
+        raise ConfigError(f"{where}: '{both[0]}' is listed under both drop and hash; keep it in one")
+    cursor = raw.get("cursor")
+    cursor = cursor.get("field") if isinstance(cursor, dict) else cursor
+    for name in out["drop"]:
+        if name in pk:
+            raise ConfigError(f"{where}.drop: '{name}' is part of primary_key; hash it instead (hash: [{name}])")
+    for name in (*out["drop"], *out["hash"]):
+        if cursor and name == cursor:
+            raise ConfigError(f"{where}: '{name}' is the cursor column, which must stay readable; remove it here")
+    used = {f"columns.{k}": v for k, v in columns.items()}
+    used.update({f"district.{k}": v for k, v in district.items() if k != "from"})
+    for key, mapped in used.items():
+        if mapped in out["drop"] or mapped.strip('"') in out["drop"]:
+            raise ConfigError(
+                f"{where}.drop: '{mapped.strip(chr(34))}' is dropped but {key} reads it; map another column "
+                "or hash it instead"
+            )
+    return out
 
 
 def _parse_population_format(value: Any) -> dict[str, str]:

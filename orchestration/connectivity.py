@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestration.config import ConfigError, Source
+from orchestration.config import ConfigError, Source, pii_key
 from orchestration.connectors import redact
 
 __all__ = ["check_source", "redact"]
@@ -11,6 +11,8 @@ __all__ = ["check_source", "redact"]
 def check_source(source: Source) -> tuple[bool, str]:
     """(reachable, what was found or why not); the text is redacted of every secret of the source."""
     try:
+        if source.personal_data.get("hash"):
+            pii_key(source.where)  # the load would fail without it: say so here
         ok, detail = _probe(source)
     except ConfigError as exc:
         return False, redact(str(exc), source)

@@ -20,6 +20,8 @@ The rules, in one place:
 - Quarantine is written before bronze, and bronze last: a crash in between leaves the rows unloaded
   and a rerun reads them again (quarantine ids dedup the rejects). Rows unchanged from what bronze
   holds are not rewritten, so a rerun with nothing new commits no Delta version.
+- Personal data (`personal_data:` in city.yaml, orchestration/privacy.py) is dropped or hashed as each
+  landing is read, before the gate, so neither bronze nor quarantine ever holds the raw values.
 - The cursor is never stored apart from the data: it is the maximum cursor value in bronze itself,
   so it moves in the same atomic Delta commit as the rows (a crash cannot lose or repeat rows).
 """
@@ -38,7 +40,8 @@ import pyarrow.compute as pc
 
 from orchestration import lake
 from orchestration.config import CityConfig, Source
-from orchestration.connectors import Landing, Rejected, read_source, redact
+from orchestration.connectors import Landing, Rejected, read_source, scrubbed, secret_values
+from orchestration.privacy import PersonalData
 from orchestration.quality import bronze_suite, split_rows
 
 META_COLUMNS = ("_ingested_at", "_batch", "_source_file", "_source_checksum")
@@ -266,9 +269,18 @@ class _Loader:
         self.missing: set[str] = set()
         self.bronze_files: set[str] = set()
         self.suite = bronze_suite(source)
+        # resolved first: a missing key fails the load before anything is written
+        self.personal = PersonalData(source)
+        stale = self.personal.stored_columns(self.schema.names if self.schema is not None else [])
+        if stale:
+            raise ValueError(
+                f"{source.where}.personal_data.drop: bronze ({self.uri}) still holds {', '.join(stale)}, loaded "
+                f"before the rule; delete it and {self.quri} so that the source reloads without them, then run again"
+            )
 
     def prepare(self, landing: Landing, drop_identical: bool = False) -> tuple[pa.Table, list[Rejected]]:
-        """Keys checked, types conformed, metadata added: (rows for bronze, rows for quarantine)."""
+        """Personal data removed, keys checked, types conformed, metadata added: (rows for bronze, for quarantine)."""
+        landing = self.personal.landing(landing)
         self.result.rows_read += landing.rows.num_rows + len(landing.rejected)
         location = landing.file or self.source.where
         gated, failed = self.gate(landing.rows, location)
@@ -360,11 +372,9 @@ def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], Non
     try:
         return _ingest(cfg, source, batch, log)
     except Exception as exc:
-        message = str(exc)
-        clean = redact(message, source)
-        if clean != message:
-            # the original (and its traceback) held a secret: do not chain it
-            raise SourceError(f"{source.where}: {type(exc).__name__}: {clean}") from None
+        clean = scrubbed(exc, secret_values(source), source.where, SourceError)
+        if clean is not None:
+            raise clean from None
         raise
 
 

@@ -294,6 +294,19 @@ def test_nyc_quarantine_holds_the_real_quirks(nyc_catalog: Path) -> None:
     assert len(held) == 42 + 35 + 85
 
 
+def test_nyc_complaint_addresses_stay_out_of_the_lake(nyc_catalog: Path) -> None:
+    """city.yaml drops the 311 `Incident Address`: no exact address (a house number and a street that is not
+    also the value of another column, such as Street Name) is in any file or table of the lake."""
+    from tests.lake_scan import search
+
+    raw = pd.read_csv(DATA / "311_service_requests_animals_2025.csv", dtype=str)
+    elsewhere = set(raw.drop(columns="Incident Address").stack())
+    addresses = [a for a in raw["Incident Address"].dropna().unique() if re.match(r"\d", a) and a not in elsewhere]
+    assert len(addresses) > 2000
+    hits = search([nyc_catalog.parent], addresses)
+    assert hits == [], "\n".join(hits[:10])
+
+
 def _close(a: float, b: float) -> bool:
     if pd.isna(a) or pd.isna(b):
         return pd.isna(a) and pd.isna(b)

@@ -6,13 +6,14 @@ decided once, in `orchestration.ingest`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from orchestration.config import Source
+from orchestration.config import PII_KEY_ENV, Source
 
 
 @dataclass
@@ -83,12 +84,36 @@ def read_source(source: Source, cursor: Any | None, loaded_files: set[tuple[str,
         raise ValueError(f"{source.where}.kind: '{source.kind}' has no connector")
 
 
-def secret_values(source: Source) -> list[str]:
-    """Every resolvable secret of the source, longest first: `${VAR}` values, whole resolved strings
-    and a URL's password, so `redact` removes them however a driver quotes them in its messages."""
-    import os
-    import re
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: what ends a password inside a URL or a conninfo string: a driver that misparses a password holding one of
+#: these quotes the rest of it (libpq reports host 'ss-x@h' for postgresql://u:p@ss-x@h/db), so those pieces
+#: (6 characters or more) are secrets too
+_DELIMITERS = re.compile(r"[@:/?#%&=;,\s'\"]+")
+_CONNINFO_PASSWORD = re.compile(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _pieces(secret: str) -> set[str]:
+    return {secret, *(p for p in _DELIMITERS.split(secret) if len(p) >= 6)}
+
+
+def _passwords(resolved: str) -> set[str]:
+    """The passwords in a resolved URL or `key=value` conninfo string, raw and unquoted, with their pieces."""
     from urllib.parse import unquote, urlparse
+
+    try:
+        password = urlparse(resolved).password
+    except ValueError:
+        password = None
+    found = {password, unquote(password)} if password else set()
+    found |= {m.strip("'") for m in _CONNINFO_PASSWORD.findall(resolved)}
+    return {piece for pw in found for piece in _pieces(pw)}
+
+
+def config_secrets(raw: Any) -> set[str]:
+    """Every resolvable secret of a block of city.yaml (a source, a sink, alerts): `${VAR}` values (and,
+    for a bare value such as a password, its pieces), whole resolved strings, and the passwords of URLs
+    and conninfo strings, so `redact` removes them however a driver quotes them in its messages."""
+    import os
 
     found: set[str] = set()
 
@@ -100,24 +125,53 @@ def secret_values(source: Source) -> list[str]:
             for v in value:
                 walk(v)
         elif isinstance(value, str) and "${" in value:
-            names = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value)
+            names = _VAR.findall(value)
             if all(n in os.environ for n in names):
-                resolved = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: os.environ[m.group(1)], value)
+                resolved = _VAR.sub(lambda m: os.environ[m.group(1)], value)
                 found.add(resolved)
-                try:
-                    password = urlparse(resolved).password
-                except ValueError:
-                    password = None
-                if password:
-                    found.update({password, unquote(password)})
-            found.update(os.environ[n] for n in names if n in os.environ)
+                found.update(_passwords(resolved))
+            for n in names:
+                v = os.environ.get(n)
+                if v:
+                    # a whole DSN's pieces would be its host and database names: only its password counts
+                    found.update({v} if "://" in v or "=" in v else _pieces(v))
 
-    walk(source.raw)
+    walk(raw)
+    return found
+
+
+def secret_values(source: Source) -> list[str]:
+    """Every resolvable secret of the source (see `config_secrets`), longest first."""
+    import os
+
+    found = config_secrets(source.raw)
+    if source.personal_data.get("hash") and os.environ.get(PII_KEY_ENV):
+        found.add(os.environ[PII_KEY_ENV])  # the personal-data HMAC key is a secret too
     return sorted((v for v in found if len(v) >= 3), key=len, reverse=True)
+
+
+def redact_values(text: str, values: set[str] | list[str]) -> str:
+    """`text` with each of `values` (longest first) replaced by `<redacted>`."""
+    for value in sorted((v for v in values if len(v) >= 3), key=len, reverse=True):
+        text = text.replace(value, "<redacted>")
+    return text
 
 
 def redact(text: str, source: Source) -> str:
     """`text` with every secret of the source replaced by `<redacted>` (for messages and logs)."""
-    for value in secret_values(source):
-        text = text.replace(value, "<redacted>")
-    return text
+    return redact_values(text, secret_values(source))
+
+
+def scrubbed(exc: BaseException, secrets: set[str] | list[str], where: str, error: type[Exception]) -> Exception | None:
+    """`error` saying what `exc` says without its secrets, or None when neither it nor the exceptions it was
+    raised from or during hold one. Raise the result `from None`: Dagster records the whole chain."""
+    chain, seen = [], set()
+    inner: BaseException | None = exc
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        chain.append(f"{inner!s} {inner!r}")
+        inner = inner.__cause__ or inner.__context__
+    text = "\n".join(chain)
+    if redact_values(text, secrets) == text:
+        return None
+    return error(f"{where}: {type(exc).__name__}: {redact_values(str(exc), secrets)}")

@@ -52,6 +52,20 @@ TYPOS: dict[str, list[str]] = {
     "D07": ["Hill Crest", "Hilcrest"],
     "D08": ["Lake View", "Lakeveiw"],
 }
+# Requesters of 311 requests (fake, but shaped like the real thing): the API serves their names, email,
+# phone and the exact address, as Open311 back ends do; citylake must keep them out of the lake.
+FIRST_NAMES = (
+    "Maribel Tobias Ingrid Desmond Priyanka Rafaela Yukiko Colette Anselm Fatima Oskar Leonora Dashiell Marisol "
+    "Thaddeus Ottilie Cormac Zainab Evander Lucinda"
+).split()
+LAST_NAMES = (
+    "Okonkwo Lindqvist Nakashima Castellanos Whitcombe Abernathy Kowalczyk Haddadin Oyelaran Ferreira-Lund "
+    "Delacroix Brannigan Achterberg Szabolcs Quistgaard Ramanathan"
+).split()
+STREETS = (
+    "Quillfeather Lane, Juniper Hollow Road, Marlowe Crescent, Tamarack Bend, Old Ferry Landing, "
+    "Copperbeech Avenue, Wrenfield Court, Saltmarsh Drive, Larkspur Terrace, Ironbridge Way"
+).split(", ")
 # The transport agency's own zone codes, in district order.
 ZONES = np.array([f"TZ-{'N' if i < 4 else 'S'}{i % 4 + 1}" for i in range(8)])
 
@@ -329,7 +343,36 @@ def _district_text(rng: np.random.Generator, dist: np.ndarray) -> list[str | Non
     return out
 
 
-def _requests(rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int) -> tuple:
+def _requesters(people: np.random.Generator, n: int) -> dict[str, list[str | None]]:
+    """Who reported each request (first_name, last_name, email, phone) and the exact address, from a
+    generator of their own so that every other file of the city stays as it was. About a quarter of
+    requests are anonymous; some requesters give no email or no phone. Emails use example.org (a
+    reserved domain) and phones the 555-01xx block set aside for fiction."""
+    first = people.choice(FIRST_NAMES, n)
+    last = people.choice(LAST_NAMES, n)
+    number = people.integers(100, 9900, n)
+    street = people.choice(STREETS, n)
+    anonymous = people.random(n) < 0.25
+    no_email = people.random(n) < 0.2
+    no_phone = people.random(n) < 0.3
+    no_address = people.random(n) < 0.1
+    line = people.integers(100, 200, n)
+    tag = people.integers(1, 100, n)
+    out: dict[str, list[str | None]] = {"address": [], "first_name": [], "last_name": [], "email": [], "phone": []}
+    for i in range(n):
+        out["address"].append(None if no_address[i] else f"{number[i]} {street[i]}, Riverton")
+        named = not anonymous[i]
+        out["first_name"].append(str(first[i]) if named else None)
+        out["last_name"].append(str(last[i]) if named else None)
+        email = f"{first[i].lower()}.{last[i].lower()}{tag[i]}@example.org"
+        out["email"].append(email if named and not no_email[i] else None)
+        out["phone"].append(f"+1-314-555-0{line[i]}" if named and not no_phone[i] else None)
+    return out
+
+
+def _requests(
+    rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int, people: np.random.Generator
+) -> tuple:
     lo, hi = _local_midnight_utc(start), _local_midnight_utc(start + timedelta(days=days))
     n = int(rng.poisson(40 * scale * days))
     requested = pd.Series(pd.to_datetime(np.sort(rng.integers(lo.value, hi.value, n)), utc=True)).dt.floor("min")
@@ -361,6 +404,7 @@ def _requests(rng: np.random.Generator, scale: float, start: date, days: int, n_
             "district": _district_text(rng, dist),
             "lat": pd.Series(lat).where(~no_point),
             "long": pd.Series(lon).where(~no_point),
+            **_requesters(people, n),
         }
     )
     df, bad = _corrupt(
@@ -553,7 +597,8 @@ def build(scale: float = 1, days: int = 90, start: date = date(2025, 1, 1), seed
     population = _population(rng, scale)
     stops, rides, bad_rides = _transport(rng, scale, start, days, n_bad)
     collisions, bad_collisions = _collisions(rng, scale, start, days, n_bad)
-    requests, bad_requests = _requests(rng, scale, start, days, n_bad)
+    # requesters draw from their own generator: the rest of the city is the same with or without them
+    requests, bad_requests = _requests(rng, scale, start, days, n_bad, np.random.default_rng([seed, 311]))
     energy, bad_energy = _energy(rng, scale, start, days, n_bad)
     waste, bad_waste = _waste(rng, scale, start, days, n_bad)
     air_a, bad_a, air_b, bad_b = _air(rng, scale, start, days, n_bad)

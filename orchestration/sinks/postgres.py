@@ -66,12 +66,29 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+class SinkError(RuntimeError):
+    """The sink failed; the message never holds a secret of its DSN."""
+
+
 def publish_to_postgres(catalog: Path, sink: dict[str, Any]) -> SinkResult:
     """Copy the catalog's marts, districts and quarantine summary into `sink['schema']`, atomically.
 
     `sink` is city.yaml's `sinks.postgres` (dsn, schema, reader_role). The published catalog is the
-    source, so PostgreSQL gets exactly the version analysts see in DuckDB.
+    source, so PostgreSQL gets exactly the version analysts see in DuckDB. An error quoting the DSN's
+    password (a driver misparsing it) is raised as SinkError with the secret redacted.
     """
+    try:
+        return _publish(catalog, sink)
+    except Exception as exc:
+        from orchestration.connectors import config_secrets, scrubbed
+
+        clean = scrubbed(exc, config_secrets(sink), "sinks.postgres", SinkError)
+        if clean is not None:
+            raise clean from None
+        raise
+
+
+def _publish(catalog: Path, sink: dict[str, Any]) -> SinkResult:
     import psycopg
 
     schema = str(sink.get("schema", "citylake"))
