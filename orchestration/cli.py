@@ -114,6 +114,7 @@ def run_assets(cfg: CityConfig, select: str | None) -> bool:
 
     from orchestration.definitions import defs
     from orchestration.progress import progress_logger
+    from orchestration.run_recovery import process_tags, recover_abandoned_runs
 
     job = defs.resolve_job_def("everything")
     graph = defs.resolve_asset_graph()
@@ -140,8 +141,13 @@ def run_assets(cfg: CityConfig, select: str | None) -> bool:
         open(log_path, "w") as log,
         contextlib.redirect_stdout(log),
     ):
+        recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
         result = job.with_logger_defs({"progress": progress_logger}).execute_in_process(
-            instance=instance, asset_selection=keys, raise_on_error=False, run_config={"loggers": {"progress": {}}}
+            instance=instance,
+            asset_selection=keys,
+            raise_on_error=False,
+            run_config={"loggers": {"progress": {}}},
+            tags=process_tags(),
         )
     failed = [
         e
@@ -287,6 +293,12 @@ def listen(
 def dev(config: str | None, port: int) -> None:
     """Open the Dagster UI on this project (http://127.0.0.1:PORT)."""
     cfg = _load(config)
+    import dagster as dg
+
+    from orchestration.run_recovery import recover_abandoned_runs
+
+    with dg.DagsterInstance.get() as instance:
+        recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     with simulators(cfg):
         subprocess.run(
