@@ -150,6 +150,7 @@ def run_assets(
     from orchestration.definitions import defs
     from orchestration.partitions import data_days, full_range, range_tags
     from orchestration.progress import progress_logger
+    from orchestration.run_recovery import process_tags, recover_abandoned_runs
 
     every_first, every_last = full_range(cfg)
     if first or last:
@@ -181,6 +182,8 @@ def run_assets(
     )
     # dbt's own lines go to the log file (and to the Dagster UI); the terminal shows one line per asset
     with simulators(cfg), dg.DagsterInstance.get() as instance, open(log_path, "w") as log:
+        # runs of a killed `citylake run` would otherwise stay STARTED and hold their pool slots
+        recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
 
         def execute(selection: set[dg.AssetKey], tags: dict[str, str]) -> tuple[bool, set[dg.AssetKey]]:
             with contextlib.redirect_stdout(log):
@@ -189,7 +192,7 @@ def run_assets(
                     asset_selection=sorted(selection, key=str),
                     raise_on_error=False,
                     run_config={"loggers": {"progress": {}}},
-                    tags=tags,
+                    tags={**process_tags(), **tags},
                 )
             ok, failed = _report(result)
             done = {e.asset_key for e in result.get_asset_materialization_events()}
@@ -379,6 +382,12 @@ def listen(
 def dev(config: str | None, port: int) -> None:
     """Open the Dagster UI on this project (http://127.0.0.1:PORT)."""
     cfg = _load(config)
+    import dagster as dg
+
+    from orchestration.run_recovery import recover_abandoned_runs
+
+    with dg.DagsterInstance.get() as instance:
+        recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     with simulators(cfg):
         subprocess.run(

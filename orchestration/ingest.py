@@ -11,7 +11,9 @@ The rules, in one place:
   Quarantine rows are keyed by a hash of (record, reason): a rerun never duplicates them.
 - Files: each file's rows replace that file's earlier rows (overwrite by `_source_file`); unchanged
   files are skipped. Sources with a `cursor:` are read from the last stored cursor and upserted by
-  primary key. Sources without either are full snapshots and replace the table in one commit.
+  primary key: SQL sources one commit per batch (read in cursor order), APIs one commit per load
+  (an API's page order is its own). Sources without either are full snapshots and replace the
+  table in one commit.
 - MQTT batches (delivered at least once) are upserted by primary key; an identical redelivery is
   dropped silently; a batch file is moved to `ingested/` only after its rows are committed.
 - Schema drift: incoming columns are cast to bronze's types. A new column is added to bronze (and
@@ -146,6 +148,15 @@ def split_keys(
                 Rejected(json.dumps(full[i], default=str, sort_keys=True), reason, location, record_key=key)
             )
     return table.filter(pa.array(keep)), rejected
+
+
+def _last_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Each key's last row (a record updated while an API was paged through shows on two pages)."""
+    if table.num_rows == 0 or any(k not in table.column_names for k in keys):
+        return table
+    rows = table.select(list(keys)).to_pylist()
+    last = {_key_text(r, keys): i for i, r in enumerate(rows)}
+    return table.take(sorted(last.values()))
 
 
 def conform(
@@ -334,8 +345,12 @@ class _Loader:
         self.result.files_loaded.append(landing.file)
         self.written(table.num_rows, table.num_rows, len(rejected), f" from {landing.file}")
 
-    def load_upsert(self, landings: list[Landing], drop_identical: bool = False) -> None:
-        """Rows upserted by key (cursor sources, MQTT batches); unchanged rows are not rewritten."""
+    def load_upsert(self, landings: list[Landing], drop_identical: bool = False, keep_last: bool = False) -> None:
+        """Rows upserted by key (cursor sources, MQTT batches); unchanged rows are not rewritten.
+
+        `keep_last` (an API's pages): a key repeated in a later landing replaces the earlier row, as
+        one upsert per page would have done.
+        """
         tables, rejected = [], []
         for landing in landings:
             table, rej = self.prepare(landing, drop_identical)
@@ -343,7 +358,9 @@ class _Loader:
             tables.append(table)
             rejected += rej
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-        if len(landings) > 1:
+        if keep_last:
+            table = _last_per_key(table, self.source.primary_key)
+        elif len(landings) > 1:
             # at-least-once delivery: the same message may come in two batches
             table, dupes = split_keys(table, self.source.primary_key, self.source.where, drop_identical)
             self.quarantine(dupes, Landing(rows=pa.table({})))
@@ -375,6 +392,9 @@ def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], Non
         clean = scrubbed(exc, secret_values(source), source.where, SourceError)
         if clean is not None:
             raise clean from None
+        if source.where not in str(exc):
+            # a driver's or delta-rs's message does not say which source failed
+            raise SourceError(f"{source.where}: {type(exc).__name__}: {exc}") from exc
         raise
 
 
@@ -405,12 +425,16 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
             if sum(x.rows.num_rows for x in pending) >= budget:
                 loader.load_upsert(pending, drop_identical=True)
                 pending = []
-        elif col:
+        elif col and source.kind != "http_json":
             loader.load_upsert([landing])
         else:
+            # an API pages in its own order (often newest first): its pages are committed together, so
+            # a load that fails half way commits nothing and cannot move the cursor past unread records
             pending.append(landing)
     if pending and source.kind == "mqtt":
         loader.load_upsert(pending, drop_identical=True)
+    elif pending and col:
+        loader.load_upsert(pending, keep_last=True)
     elif source.kind != "mqtt" and not col and source.kind != "files":
         if pending:
             loader.load_snapshot(pending)

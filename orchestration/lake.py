@@ -2,16 +2,23 @@
 
 Every write is idempotent: it overwrites exactly what it owns (a predicate), upserts by key (merge),
 or replaces the whole table. delta-rs commits are atomic, so a crash leaves the last committed version.
+A merge or predicate overwrite that loses the commit race to another writer of the same table (Delta's
+optimistic concurrency: "a concurrent transaction added new data") is redone against the new version,
+a few times with backoff; both writers' rows land.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from orchestration.config import CityConfig
 
@@ -59,6 +66,34 @@ def read_table(uri: str, columns: Sequence[str] | None = None) -> pa.Table | Non
     return dataset.to_table(columns=list(columns) if columns is not None else None)
 
 
+#: times a write that lost a commit race is redone before the error goes up (the asset's retry policy is next)
+CONFLICT_RETRIES = 5
+T = TypeVar("T")
+
+
+class ConcurrentWriteError(RuntimeError):
+    """Another writer kept committing to the same table; nothing of this write was committed. Retryable."""
+
+
+def _redo_on_conflict(uri: str, write: Callable[[], T]) -> T:
+    """`write()` (which reads the table afresh); redone when another writer committed first."""
+    tries = 1
+    while True:
+        try:
+            return write()
+        except CommitFailedError as exc:
+            if tries > CONFLICT_RETRIES:
+                raise ConcurrentWriteError(
+                    f"{uri}: another writer committed to this Delta table during each of {tries} tries; "
+                    f"nothing of this write was committed, rerun the load ({exc})"
+                ) from exc
+            logging.getLogger(__name__).warning(
+                "%s: another writer committed first (%s); redoing the write on the new version", uri, exc
+            )
+            time.sleep(random.uniform(0.05, 0.1) * 2**tries)
+            tries += 1
+
+
 def _sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
@@ -70,8 +105,15 @@ def overwrite_where(uri: str, data: pa.Table, column: str, value: str) -> None:
         write_deltalake(uri, data, mode="append", storage_options=storage_options(uri))
         return
     _evolve_schema(uri, dt, data)
-    write_deltalake(
-        uri, data, mode="overwrite", predicate=f"{column} = {_sql_literal(value)}", storage_options=storage_options(uri)
+    _redo_on_conflict(
+        uri,
+        lambda: write_deltalake(
+            uri,
+            data,
+            mode="overwrite",
+            predicate=f"{column} = {_sql_literal(value)}",
+            storage_options=storage_options(uri),
+        ),
     )
 
 
@@ -116,6 +158,10 @@ def _merge(uri: str, data: pa.Table, keys: Sequence[str], compare: Sequence[str]
         write_deltalake(uri, data, mode="append", storage_options=storage_options(uri))
         return data.num_rows
     _evolve_schema(uri, dt, data)
+    return _redo_on_conflict(uri, lambda: _merge_once(uri, data, keys, compare, delete_missing))
+
+
+def _merge_once(uri: str, data: pa.Table, keys: Sequence[str], compare: Sequence[str], delete_missing: bool) -> int:
     dt = open_table(uri)
     # keys are never null here: rows without a key were quarantined before the merge
     predicate = " and ".join(f"t.`{k}` = s.`{k}`" for k in keys)

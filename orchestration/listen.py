@@ -66,6 +66,7 @@ class SourceListener:
         if b["tls"]:
             self.client.tls_set()
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
         self.host, self.port = b["host"], b["port"]
@@ -85,6 +86,13 @@ class SourceListener:
             self.log(f"{self.source.key}: broker refused the connection: {reason_code}")
             return
         client.subscribe(str(self.source.get("topic")), qos=self.qos)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        # only now does the broker route the topic's messages to this session
+        refused = [rc for rc in reason_codes if rc.is_failure]
+        if refused:
+            self.log(f"{self.source.key}: broker refused the subscription to {self.source.get('topic')}: {refused[0]}")
+            return
         self.connected.set()
         self.log(f"{self.source.key}: subscribed to {self.source.get('topic')} on {self.host}:{self.port}")
 

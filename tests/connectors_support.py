@@ -16,6 +16,7 @@ from orchestration.config import CityConfig, load_config
 from orchestration.ingest import IngestResult, ingest
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+MYSQL_DSN = "mysql://root@127.0.0.1:3306/test"
 
 SQUARE = {
     "type": "FeatureCollection",
@@ -81,4 +82,18 @@ def postgres_table(monkeypatch):
     monkeypatch.setenv("TEST_PG_DSN", PG_DSN)
     yield conn, table
     conn.execute(f"drop table if exists {table}")
+    conn.close()
+
+
+def mysql_table(monkeypatch):
+    """A fresh MariaDB table name (dropped after) and an admin connection; skips when the server is not reachable."""
+    pymysql = pytest.importorskip("pymysql")
+    try:
+        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test", autocommit=True)
+    except pymysql.err.OperationalError as exc:
+        pytest.skip(f"MariaDB not reachable at 127.0.0.1:3306: {exc}")
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("TEST_MYSQL_DSN", MYSQL_DSN)
+    yield conn, table
+    conn.cursor().execute(f"drop table if exists {table}")
     conn.close()

@@ -31,6 +31,8 @@ class Api:
         ]
         self.faults: list[str] = []
         self.requests: list[str] = []
+        #: page the records newest first (many APIs' default order), not in cursor order
+        self.newest_first = False
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -63,6 +65,8 @@ class Handler(BaseHTTPRequestHandler):
         u = urlparse(self.path)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
         rows = [r for r in api.records if "updated_after" not in q or r["updated"] >= q["updated_after"]]
+        if api.newest_first:
+            rows = sorted(rows, key=lambda r: r["updated"], reverse=True)
         if u.path == "/page":
             size, page = int(q.get("page_size", 10)), int(q.get("page", 1))
             body = rows[(page - 1) * size : page * size]
@@ -165,3 +169,43 @@ def test_auth_header_secret_never_appears_in_errors_or_check(api, tmp_path, monk
     assert not ok and "401" in detail and TOKEN not in detail
     monkeypatch.setenv("TEST_API_KEY", TOKEN)
     assert check_source(src) == (True, "HTTP 200")
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest-first", "newest-first"])
+def test_a_load_failing_mid_pagination_then_recovering_skips_and_repeats_nothing(api, tmp_path, newest_first):
+    """The API answers pages 1 and 2, then HTTP 500 past the last retry on page 3; the next load, with
+    the API back, gets every record exactly once. The cursor moves only with a load that read every
+    page, so the API's page order (oldest or newest first) cannot make it skip records."""
+    state, base = api
+    state.newest_first = newest_first
+    cfg, src = one_source(tmp_path, "svc", "requests", _spec(base, "/page", {"size": 10}))
+    state.faults = ["none", "none"] + ["500"] * 5
+    with pytest.raises(SourceUnavailable) as err:
+        run(cfg, src)
+    assert "agencies.svc.requests" in str(err.value) and "HTTP 500" in str(err.value)
+    assert len(state.requests) == 7 and bronze_rows(cfg, src) == []
+
+    state.requests.clear()
+    again = run(cfg, src, "run-2")
+    assert "updated_after" not in state.requests[0]
+    assert again.rows_read == again.rows_written == again.row_count == 50
+    rows = bronze_rows(cfg, src)
+    assert [r["id"] for r in rows] == [f"r{i:03d}" for i in range(50)] and {r["_batch"] for r in rows} == {"run-2"}
+
+    # the next load starts at the newest record loaded, whatever the page order
+    state.requests.clear()
+    state.records.append({"id": "r050", "status": "open", "updated": "2025-01-02T00:00:00Z"})
+    third = run(cfg, src, "run-3")
+    assert "updated_after=2025-01-01T00%3A00%3A49Z" in state.requests[0]
+    assert third.rows_read == 2 and third.rows_written == 1 and third.row_count == 51
+
+
+def test_a_record_on_two_pages_of_one_load_lands_once_as_its_last_copy(api, tmp_path):
+    state, base = api
+    # r003 is updated while the client pages through: the API serves it on page 1 and again on page 6
+    state.records.append({**state.records[3], "status": "closed", "updated": "2025-01-02T00:00:00Z"})
+    cfg, src = one_source(tmp_path, "svc", "requests", _spec(base, "/page", {"size": 10}))
+    result = run(cfg, src)
+    rows = {r["id"]: r for r in bronze_rows(cfg, src)}
+    assert result.rows_read == 51 and result.row_count == len(rows) == 50 and result.quarantined == 0
+    assert rows["r003"]["status"] == "closed" and rows["r003"]["updated"] == "2025-01-02T00:00:00Z"

@@ -4,13 +4,19 @@ incremental loads in batches, upserts of changed rows, and no-op reruns (no new 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 
-from tests.connectors_support import bronze_rows, one_source, postgres_table, quarantine_rows, run, version
+from tests.connectors_support import (
+    bronze_rows,
+    mysql_table,
+    one_source,
+    postgres_table,
+    quarantine_rows,
+    run,
+    version,
+)
 
-MYSQL_DSN = "mysql://root@127.0.0.1:3306/test"
 T0 = dt.datetime(2025, 1, 1, 8, 0)
 
 
@@ -22,16 +28,7 @@ def pg(monkeypatch):
 
 @pytest.fixture
 def mysql(monkeypatch):
-    pymysql = pytest.importorskip("pymysql")
-    try:
-        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test", autocommit=True)
-    except pymysql.err.OperationalError as exc:
-        pytest.skip(f"MariaDB not reachable at 127.0.0.1:3306: {exc}")
-    table = f"t_{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("TEST_MYSQL_DSN", MYSQL_DSN)
-    yield conn, table
-    conn.cursor().execute(f"drop table if exists {table}")
-    conn.close()
+    yield from mysql_table(monkeypatch)
 
 
 def _sql(conn, statement: str, rows: list[tuple] = ()) -> None:
