@@ -49,5 +49,5 @@ def test_definitions_match_the_snapshot(city_run: CityRun) -> None:
     daily = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in graph["daily"]}
     assert set(daily) == {k for k in graph["assets"] if k.startswith(("intermediate/int_", "conformed/fct_"))} - {
         k for k in graph["assets"] if k.startswith(("intermediate/int_indicators", "intermediate/int_district_a"))
-    } - {"intermediate/int_area_population"}
+    } - {"intermediate/int_area_population"} | {"conformed/quarantine_records"}
     assert all("Daily, starting 2025-01-01 America/Chicago" in v and "single_run" in v for v in daily.values())
