@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 
 from orchestration import lake
 from orchestration.config import CityConfig, Source
-from orchestration.connectors import Landing, Rejected, read_source, redact
+from orchestration.connectors import LOCATION, Landing, Rejected, read_source, redact
 from orchestration.quality import bronze_suite, split_rows
 
 #: a file's rejects are written to quarantine in batches of this many (bounded memory for a bad file)
@@ -108,6 +108,12 @@ def stored_cursor(source: Source, bronze: pa.Table | None) -> Any:
     return pc.max(values).as_py()
 
 
+def _rejected(row: dict, reason: str, location: str, record_key: str | None = None) -> Rejected:
+    """A row that cannot go to bronze: its record as JSON, and its place (a file row's own: path:N)."""
+    where = row.pop(LOCATION, None) or location
+    return Rejected(json.dumps(row, default=str, sort_keys=True), reason, where, record_key=record_key)
+
+
 def _key_text(row: dict, keys: tuple[str, ...]) -> str:
     return "|".join("" if row.get(k) is None else str(row.get(k)) for k in keys)
 
@@ -156,7 +162,8 @@ class KeySet:
         rows = np.flatnonzero(valid)
         if not len(rows):
             return repeat, first
-        a, b = (h[rows] for h in self.hashes(table.take(rows), keys))
+        keyed = table.select(list(keys))
+        a, b = self.hashes(keyed if len(rows) == table.num_rows else keyed.take(rows), keys)
         order = np.lexsort((rows, b, a))
         sa, sb, srow = a[order], b[order], rows[order]
         new = np.ones(len(order), bool)
@@ -236,7 +243,7 @@ def split_keys(
             if drop_identical and first[i] >= 0 and _content(row) == _content(next(earlier)):
                 continue
             reason = f"duplicate primary key {key} in one load (first kept)"
-        rejected.append(Rejected(json.dumps(row, default=str, sort_keys=True), reason, location, record_key=key))
+        rejected.append(_rejected(row, reason, location, key))
     return table.filter(pa.array(keep)), rejected
 
 
@@ -253,10 +260,11 @@ def conform(
     failed: dict[int, list[str]] = {}
     columns: dict[str, pa.Array] = {}
     for name in table.column_names:
-        arr = table.column(name).combine_chunks()
+        arr = table.column(name)
         target = known.get(name) or (pa.string() if pa.types.is_null(arr.type) else arr.type)
         if arr.type != target:
-            arr = _cast(arr, target, name, failed)
+            # only a column that needs a cast is copied (a big file's piece is not held twice)
+            arr = _cast(arr.combine_chunks(), target, name, failed)
         columns[name] = arr
     missing = [f.name for f in schema if f.name not in columns and f.name not in META_COLUMNS] if schema else []
     for name in missing:
@@ -266,15 +274,10 @@ def conform(
     typed = pa.table({c: columns[c] for c in order})
     if not failed:
         return typed, [], missing
-    rows = table.to_pylist()
+    bad = sorted(failed)
     rejected = [
-        Rejected(
-            json.dumps(rows[i], default=str, sort_keys=True),
-            "; ".join(reasons),
-            location,
-            record_key=_key_text(rows[i], keys),
-        )
-        for i, reasons in sorted(failed.items())
+        _rejected(row, "; ".join(failed[i]), location, _key_text(row, keys))
+        for i, row in zip(bad, table.take(bad).to_pylist(), strict=True)
     ]
     keep = pa.array([i not in failed for i in range(n)])
     return typed.filter(keep), rejected, missing
@@ -303,13 +306,13 @@ def _cast(arr: pa.Array, target: pa.DataType, name: str, failed: dict[int, list[
 
 def _with_meta(table: pa.Table, batch: str, now: dt.datetime, landing: Landing) -> pa.Table:
     n = table.num_rows
-    for name, arr in (
-        ("_ingested_at", pa.array([now] * n, pa.timestamp("us", tz="UTC"))),
-        ("_batch", pa.array([batch] * n, pa.string())),
-        ("_source_file", pa.array([landing.file] * n, pa.string())),
-        ("_source_checksum", pa.array([landing.checksum] * n, pa.string())),
+    for name, value in (
+        ("_ingested_at", pa.scalar(now, pa.timestamp("us", tz="UTC"))),
+        ("_batch", pa.scalar(batch, pa.string())),
+        ("_source_file", pa.scalar(landing.file, pa.string())),
+        ("_source_checksum", pa.scalar(landing.checksum, pa.string())),
     ):
-        table = table.append_column(name, arr)
+        table = table.append_column(name, pa.repeat(value, n))
     return table
 
 
@@ -460,6 +463,8 @@ class _Loader:
         gated, failed = self.gate(landing.rows, location)
         good, dupes = split_keys(gated, self.source.primary_key, location, drop_identical, seen)
         typed, uncastable, missing = conform(good, self.schema, self.source.primary_key, location)
+        if LOCATION in typed.column_names:
+            typed = typed.drop_columns([LOCATION])
         if landing.rows.num_rows:
             self.missing.update(missing)
         return _with_meta(typed, self.batch, self.now, landing), landing.rejected + failed + dupes + uncastable
@@ -475,12 +480,7 @@ class _Loader:
         records = rows.take([i for i, _ in failed]).to_pylist()
         keys = self.source.primary_key
         return good, [
-            Rejected(
-                json.dumps(r, default=str, sort_keys=True),
-                reason,
-                location,
-                record_key=_key_text(r, keys) if all(k in r for k in keys) else None,
-            )
+            _rejected(r, reason, location, _key_text(r, keys) if all(k in r for k in keys) else None)
             for r, (_, reason) in zip(records, failed, strict=True)
         ]
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -263,7 +264,10 @@ def split_rows(suite: dict, table: pa.Table) -> tuple[pa.Table, list[tuple[int, 
     ]
     if not row_level or table.num_rows == 0:
         return table, []
+    whole = table
     reasons: dict[int, str] = {}
+    # only the columns the expectations look at are converted (a wide text table costs much as pandas objects)
+    table = table.select(list(dict.fromkeys(e["kwargs"]["column"] for e in row_level)))
     for start in range(0, table.num_rows, CHUNK_ROWS):
         df = table.slice(start, CHUNK_ROWS).to_pandas()
         df.index = pd.RangeIndex(start, start + len(df))
@@ -272,8 +276,11 @@ def split_rows(suite: dict, table: pa.Table) -> tuple[pa.Table, list[tuple[int, 
         for exp, r in zip(strict, ordered, strict=True):
             for i in (r.result or {}).get("unexpected_index_list") or []:
                 reasons.setdefault(int(i), f"failed {exp['type']}({exp['kwargs'].get('column')})")
-    keep = pa.array([i not in reasons for i in range(table.num_rows)])
-    return table.filter(keep), sorted(reasons.items())
+    if not reasons:
+        return whole, []
+    keep = np.ones(table.num_rows, bool)
+    keep[list(reasons)] = False
+    return whole.filter(keep), sorted(reasons.items())
 
 
 def bronze_suite(source: Source) -> dict:

@@ -14,6 +14,10 @@ import pyarrow as pa
 
 from orchestration.config import Source
 
+#: a hidden column of file rows: where the row is in its file (path:N), for the location of a rejected
+#: row; it never reaches bronze
+LOCATION = "__citylake_location"
+
 
 @dataclass
 class Rejected:

@@ -31,14 +31,17 @@ import hashlib
 import io
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from orchestration.config import Source, glob_base
-from orchestration.connectors import Landing, Rejected, text_table
+from orchestration.connectors import LOCATION, Landing, Rejected, text_table
 
 #: rows per piece: what a file's reader holds at once (ingest keeps one piece in memory)
 PIECE_ROWS = 200_000
@@ -316,9 +319,65 @@ def _csv_header(source: Source, path: str, encoding: str) -> list[str] | None:
     return first
 
 
+class _WithTail(io.RawIOBase):
+    """A binary stream with bytes appended after its end (the CSV end-of-file sentinel)."""
+
+    def __init__(self, raw, tail: bytes) -> None:
+        self.raw, self.tail = raw, tail
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if not data and self.tail:
+            data, self.tail = self.tail[: max(size, 0) or None], self.tail[max(size, 0) or len(self.tail) :]
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _RowNumbers:
+    """Record numbers of a CSV's valid rows, from the numbers pyarrow gives its invalid rows: the valid
+    rows fill the numbers in between, in order (header = 1)."""
+
+    def __init__(self, first: int) -> None:
+        self.first, self.valid, self.skipped = first, 0, 0
+        self.invalid: list[int] = []
+
+    def take(self, n: int) -> np.ndarray:
+        v = np.arange(self.valid, self.valid + n)
+        # valid rows before each pending invalid row; those all before this batch count once and go
+        gaps = np.asarray(self.invalid, dtype=np.int64) - self.first - self.skipped - np.arange(len(self.invalid))
+        behind = int(np.searchsorted(gaps, self.valid, side="left"))
+        self.skipped += behind
+        del self.invalid[:behind]
+        gaps = gaps[behind:] - behind
+        rows = v + self.first + self.skipped + np.searchsorted(gaps, v, side="right")
+        self.valid += n
+        return rows
+
+
+def _with_location(table: pa.Table, path: str, rows: np.ndarray) -> pa.Table:
+    """`table` with each row's place in its file (path:N), used for the location of a rejected row."""
+    where = pc.binary_join_element_wise(pa.scalar(path), pc.cast(pa.array(rows), pa.string()), ":")
+    return table.append_column(LOCATION, where)
+
+
 def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
     """CSV through pyarrow's streaming reader, every column as text; ragged rows are rejected with their
-    row number (the header is row 1; a quoted value spanning lines counts once; blank lines not at all)."""
+    row number (the header is row 1; a quoted value spanning lines counts once; blank lines not at all).
+
+    A sentinel record is read after the file's end: when a quote left open swallowed the rest of the
+    file, the sentinel is inside the record that swallowed it, which is rejected instead of landing
+    with the following rows as its text."""
     import pyarrow.csv as pcsv
 
     encoding = _encoding(source)
@@ -329,18 +388,29 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
     names = _header(first, path) if header else [f"column{i + 1}" for i in range(len(first))]
     if header:
         _require_keys(source, names)
+    delimiter = source.get("delimiter", ",")
+    sentinel = f"citylake-end-{secrets.token_hex(8)}"
+    codec = "utf-8" if encoding == "utf-8-sig" else encoding
+    end = "\n" + delimiter.join([sentinel] * len(names))
+    tail = b"" if codec.startswith(("utf-16", "utf-32")) else end.encode(codec)
     rejected: list[Rejected] = []
+    numbers = _RowNumbers(2 if header else 1)
 
     def invalid(row) -> str:
+        if row.number is not None:
+            numbers.invalid.append(row.number)
         if row.text.strip():
-            n = row.number if row.number is not None else "?"
             record = row.text if len(row.text) <= MAX_RECORD else row.text[:MAX_RECORD] + "...(cut)"
             rejected.append(
-                Rejected(record, f"expected {row.expected_columns} fields, got {row.actual_columns}", f"{path}:{n}")
+                Rejected(
+                    record, f"expected {row.expected_columns} fields, got {row.actual_columns}", f"{path}:{row.number}"
+                )
             )
+        elif row.number is not None:
+            numbers.invalid.pop()  # a blank-looking line: not a record
         return "skip"
 
-    stream = path if not path.startswith("s3://") else open_stream(path)
+    stream = _WithTail(open_stream(path), tail)
     reader = pcsv.open_csv(
         stream,
         read_options=pcsv.ReadOptions(
@@ -350,23 +420,25 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
             skip_rows=1 if header else 0,
             encoding="utf8" if encoding == "utf-8-sig" else encoding,
         ),
-        parse_options=pcsv.ParseOptions(
-            delimiter=source.get("delimiter", ","), newlines_in_values=True, invalid_row_handler=invalid
-        ),
+        parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=invalid),
         convert_options=pcsv.ConvertOptions(
             column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
         ),
     )
-    batches: list[pa.RecordBatch] = []
+    held: list[pa.Table] = []  # the latest batch stays back: the end-of-file check may need to change it
     rows = done = 0
+    seen_sentinel = not tail
     try:
         for batch in reader:
-            batches.append(batch)
-            rows += batch.num_rows
-            if rows >= PIECE_ROWS or len(rejected) >= PIECE_ROWS:
-                yield pa.Table.from_batches(batches, reader.schema), rejected[:]
-                done += rows + len(rejected)
-                batches, rows = [], 0
+            table = _with_location(pa.Table.from_batches([batch]), path, numbers.take(batch.num_rows))
+            if not seen_sentinel and table.num_rows and table.column(0)[-1].as_py() == sentinel:
+                table, seen_sentinel = table.slice(0, table.num_rows - 1), True
+            held.append(table)
+            rows += table.num_rows
+            if rows - held[-1].num_rows >= PIECE_ROWS or len(rejected) >= PIECE_ROWS:
+                yield pa.concat_tables(held[:-1]), rejected[:]
+                done += rows - held[-1].num_rows + len(rejected)
+                held, rows = held[-1:], held[-1].num_rows
                 rejected.clear()
     except UnicodeDecodeError as exc:
         raise _not_text(path, encoding, exc) from None
@@ -382,10 +454,29 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
         raise
     finally:
         reader.close()
-        if stream is not path:
-            stream.close()
-    if batches or rejected:
-        yield pa.Table.from_batches(batches, reader.schema), rejected[:]
+        stream.close()
+    last = pa.concat_tables(held) if held else pa.table({n: pa.array([], pa.string()) for n in [*names, LOCATION]})
+    if not seen_sentinel:
+        last, rejected = _open_quote(last, rejected, sentinel)
+    if last.num_rows or rejected:
+        yield last, rejected
+
+
+def _open_quote(last: pa.Table, rejected: list[Rejected], sentinel: str) -> tuple[pa.Table, list[Rejected]]:
+    """The file ended inside a quoted value: the record holding the sentinel swallowed the rest of the file."""
+    reason = "a quote opened in this record is never closed: the rest of the file was read into it"
+    if rejected and sentinel in rejected[-1].record:
+        rejected[-1].record = rejected[-1].record.split("\n" + sentinel)[0].split(sentinel)[0]
+        rejected[-1].reason = f"{reason} ({rejected[-1].reason})"
+        return last, rejected
+    if last.num_rows:
+        row = last.slice(last.num_rows - 1).to_pylist()[0]
+        where = row.pop(LOCATION)
+        cut = {k: (v.split(sentinel)[0].rstrip("\n") if isinstance(v, str) else v) for k, v in row.items()}
+        record = json.dumps(cut, sort_keys=True)
+        rejected.append(Rejected(record[:MAX_RECORD], reason, where))
+        return last.slice(0, last.num_rows - 1), rejected
+    return last, rejected
 
 
 def _json_error(exc: Exception) -> str:
@@ -393,6 +484,8 @@ def _json_error(exc: Exception) -> str:
         return f"not valid JSON: {exc.msg} at column {exc.colno}"
     if isinstance(exc, RecursionError):
         return "nested too deeply to read (JSON nested more than about 900 levels)"
+    if "integer string conversion" in str(exc):
+        return "not readable JSON: a number of more than 4300 digits"
     return f"not readable JSON: {exc}"
 
 
@@ -409,6 +502,7 @@ def jsonl_records(lines: Iterator[tuple[int, str]], path: str) -> tuple[list[dic
             rejected.append(Rejected(record, _json_error(exc), f"{path}:{n}"))
             continue
         if isinstance(obj, dict):
+            obj[LOCATION] = f"{path}:{n}"
             records.append(obj)
         else:
             rejected.append(Rejected(line[:MAX_RECORD], "a JSON line must be an object", f"{path}:{n}"))
@@ -470,7 +564,7 @@ def _json_document(source: Source, path: str) -> Piece:
         body = body.get(part, None) if isinstance(body, dict) else None
     if not isinstance(body, list):
         raise UnreadableFile(f"{source.where}: {path} holds no JSON array of records; set records_path")
-    good = [r for r in body if isinstance(r, dict)]
+    good = [{**r, LOCATION: f"{path} item {i}"} for i, r in enumerate(body) if isinstance(r, dict)]
     bad = [
         Rejected(json.dumps(r)[:MAX_RECORD], "not a JSON object", f"{path} item {i}")
         for i, r in enumerate(body)
@@ -486,8 +580,11 @@ def _parquet_pieces(source: Source, path: str) -> Iterator[Piece]:
         pf = pq.ParquetFile(f)
         names = _header(pf.schema_arrow.names, path)
         _require_keys(source, names)
+        done = 0
         for batch in pf.iter_batches(batch_size=PIECE_ROWS):
-            yield pa.Table.from_batches([batch]), []
+            rows = np.arange(done + 1, done + batch.num_rows + 1)
+            done += batch.num_rows
+            yield _with_location(pa.Table.from_batches([batch]), path, rows), []
 
 
 def _xlsx_pieces(source: Source, path: str) -> Iterator[Piece]:
@@ -510,9 +607,9 @@ def _xlsx_pieces(source: Source, path: str) -> Iterator[Piece]:
             header = _header(["" if h is None else str(h) for h in first], path)
             _require_keys(source, header)
             records: list[dict] = []
-            for r in rows:
+            for n, r in enumerate(rows, start=2):
                 if any(v is not None for v in r):
-                    records.append(dict(zip(header, map(cell, r), strict=False)))
+                    records.append({**dict(zip(header, map(cell, r), strict=False)), LOCATION: f"{path}:{n}"})
                 if len(records) >= PIECE_ROWS:
                     yield text_table(records, header), []
                     records = []
