@@ -330,13 +330,35 @@ def duckdb_batches(database: Path, table: str, chunk_rows: int = CHUNK_ROWS) -> 
         con.close()
 
 
-def delta_batches(uri: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.RecordBatch]:
+def delta_batches(uri: str, chunk_rows: int = CHUNK_ROWS, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A Delta table as Arrow batches, one at a time (no read-ahead: memory stays one chunk), with only
+    `columns` when given (those the table has)."""
     from orchestration.lake import open_table
 
     dt = open_table(uri)
     if dt is None:
         return
-    yield from dt.to_pyarrow_dataset().to_batches(batch_size=chunk_rows)
+    dataset = dt.to_pyarrow_dataset()
+    if columns is not None:
+        columns = [c for c in dict.fromkeys(columns) if c in dataset.schema.names]
+    yield from dataset.to_batches(columns=columns, batch_size=chunk_rows, batch_readahead=0, fragment_readahead=0)
+
+
+#: expectation kwargs that name the columns an expectation reads
+_COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list", "column_set")
+
+
+def suite_columns(suite: dict) -> list[str] | None:
+    """The columns a suite's expectations read, or None when one may read any column (then read them all)."""
+    columns: list[str] = []
+    for exp in suite.get("expectations", []):
+        kind = exp["type"]
+        if not (kind.startswith("expect_column_") or kind == _TOTAL_ROWS):
+            return None
+        for key in _COLUMN_KWARGS:
+            value = exp.get("kwargs", {}).get(key)
+            columns += [value] if isinstance(value, str) else list(value or [])
+    return columns
 
 
 def with_age(batches: Iterator[pa.RecordBatch], column: str, now: pd.Timestamp) -> Iterator[pa.RecordBatch]:
