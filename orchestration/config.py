@@ -29,10 +29,18 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
   `sinks: {postgres: {dsn: ${CITYLAKE_PG_DSN}, schema: citylake, reader_role: citylake_reader}}`;
   `schema` defaults to `citylake`, `reader_role` (granted SELECT on the schema) is optional. The dsn is
   resolved from the environment only when the sink runs.
+
+What the file may hold (docs/cities.md, "What city.yaml may contain"): at most MAX_CONFIG_BYTES of UTF-8,
+MAX_DEPTH levels and MAX_NODES values once anchors/aliases are expanded, no key twice in a mapping;
+agency, source and sink names match NAME_RULE; column names (primary_key, cursor, freshness.column) are
+COLUMN_RULE; `table:` is [schema.]table; `query:` one read statement; a `columns:`/`district:`/
+`population_format.code` value one scalar SQL expression over the source's row (`expression_problem` in
+dbt_build); a files glob has no `..` after its first wildcard. Known keys have their types and ranges.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from dataclasses import dataclass, field
@@ -85,7 +93,8 @@ class Source:
     dsn (postgres, mysql), path (sqlite file; files glob), table or query (SQL kinds),
     url, pagination, cursor, headers, records_path (http_json), format and csv options (files),
     topic (mqtt), primary_key, cursor (SQL: a column), schedule (cron), timezone (the zone local
-    times are in; default the city's), feeds (a conformed entity), columns (conformed column ->
+    times are in; default the city's), max_document_mb (files, format json: the largest document
+    parsed whole, 100), feeds (a conformed entity), columns (conformed column ->
     source column or SQL expression), district ({from: coordinates|code|name, ...}), units,
     freshness ({column, max_delay_hours}: the newest row must be at most that old), volume
     ({max_drop}: the table may not shrink by more than this share between validated runs; 0.5).
@@ -219,7 +228,7 @@ _WILDCARD = re.compile(r"[*?\[]")
 #: optional source keys and the values they take (checked when present)
 _TEXT_KEYS = ("dsn", "url", "topic", "client_id", "records_path", "sheet", "landing")
 _INT_KEYS = {"batch_rows": (1, 10_000_000), "max_retries": (0, 100), "qos": (0, 2), "sensor_interval_s": (1, 86_400)}
-_NUMBER_KEYS = {"timeout_s": (0.001, 3600), "backoff_s": (0, 3600)}
+_NUMBER_KEYS = {"timeout_s": (0.001, 3600), "backoff_s": (0, 3600), "max_document_mb": (1, 100_000)}
 _BOOL_KEYS = ("header", "sensor")
 
 
@@ -357,7 +366,9 @@ def _check_source_values(raw: dict, where: str) -> None:
     if "encoding" in raw:
         enc = _text(raw["encoding"], f"{where}.encoding", "a text encoding, e.g. encoding: latin-1")
         try:
-            b"".decode(enc)
+            info = codecs.lookup(enc)
+            if not getattr(info, "_is_text_encoding", True) or info.name == "undefined":
+                raise LookupError(enc)
         except (LookupError, ValueError):
             raise ConfigError(
                 f"{where}.encoding: {enc[:80]!r} is not a text encoding; e.g. utf-8, latin-1, cp1252"
@@ -659,7 +670,10 @@ def read_yaml(p: Path) -> Any:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{p}: line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save it as UTF-8") from None
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     try:
         try:
             node = loader.get_single_node()

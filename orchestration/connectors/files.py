@@ -411,24 +411,25 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
         return "skip"
 
     stream = _WithTail(open_stream(path), tail)
-    reader = pcsv.open_csv(
-        stream,
-        read_options=pcsv.ReadOptions(
-            use_threads=False,  # row numbers are only known to a single-threaded reader
-            block_size=CSV_BLOCK,
-            column_names=names,
-            skip_rows=1 if header else 0,
-            encoding="utf8" if encoding == "utf-8-sig" else encoding,
-        ),
-        parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=invalid),
-        convert_options=pcsv.ConvertOptions(
-            column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
-        ),
-    )
+    reader = None
     held: list[pa.Table] = []  # the latest batch stays back: the end-of-file check may need to change it
     rows = done = 0
     seen_sentinel = not tail
     try:
+        reader = pcsv.open_csv(
+            stream,
+            read_options=pcsv.ReadOptions(
+                use_threads=False,  # row numbers are only known to a single-threaded reader
+                block_size=CSV_BLOCK,
+                column_names=names,
+                skip_rows=1 if header else 0,
+                encoding="utf8" if encoding == "utf-8-sig" else encoding,
+            ),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=invalid),
+            convert_options=pcsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
+            ),
+        )
         for batch in reader:
             table = _with_location(pa.Table.from_batches([batch]), path, numbers.take(batch.num_rows))
             if not seen_sentinel and table.num_rows and table.column(0)[-1].as_py() == sentinel:
@@ -436,8 +437,9 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
             held.append(table)
             rows += table.num_rows
             if rows - held[-1].num_rows >= PIECE_ROWS or len(rejected) >= PIECE_ROWS:
-                yield pa.concat_tables(held[:-1]), rejected[:]
-                done += rows - held[-1].num_rows + len(rejected)
+                piece = pa.concat_tables(held[:-1]) if len(held) > 1 else table.schema.empty_table()
+                yield piece, rejected[:]
+                done += piece.num_rows + len(rejected)
                 held, rows = held[-1:], held[-1].num_rows
                 rejected.clear()
     except UnicodeDecodeError as exc:
@@ -453,7 +455,8 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
             ) from None
         raise
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
         stream.close()
     last = pa.concat_tables(held) if held else pa.table({n: pa.array([], pa.string()) for n in [*names, LOCATION]})
     if not seen_sentinel:
