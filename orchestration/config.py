@@ -47,14 +47,23 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
   columns whose equal values mean "the same record"; `prefer` (optional) orders the feeding sources
   (`agency/source`) whose record is kept, unlisted sources after them, then the latest ingested. Opt-in:
   two sources may rightly deliver equal values (see docs/indicators.md, "Duplicates").
+
+What the file may hold (docs/cities.md, "What city.yaml may contain"): at most MAX_CONFIG_BYTES of UTF-8,
+MAX_DEPTH levels and MAX_NODES values once anchors/aliases are expanded, no key twice in a mapping;
+agency, source and sink names match NAME_RULE; column names (primary_key, cursor, freshness.column) are
+COLUMN_RULE; `table:` is [schema.]table; `query:` one read statement; a `columns:`/`district:`/
+`population_format.code` value one scalar SQL expression over the source's row (`expression_problem` in
+dbt_build); a files glob has no `..` after its first wildcard. Known keys have their types and ranges.
 """
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -67,7 +76,10 @@ DEFAULT_CONFIG = "city.yaml"
 SOURCE_KINDS = ("postgres", "mysql", "sqlite", "http_json", "files", "mqtt")
 FILE_FORMATS = ("csv", "xlsx", "json", "jsonl", "parquet")
 DISTRICT_METHODS = ("coordinates", "code", "name")
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: agency, source and sink names: they become asset keys, Delta folders, dbt model names (stg_<agency>__<source>)
+#: and PostgreSQL identifiers, so lower_snake_case, at most 63 characters and no '__' (the model-name separator)
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+NAME_RULE = "lower_snake_case: a letter, then letters, digits and _ (at most 63 characters, no '__')"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -123,7 +135,8 @@ class Source:
     dsn (postgres, mysql), path (sqlite file; files glob), table or query (SQL kinds),
     url, pagination, cursor, headers, records_path (http_json), format and csv options (files),
     topic (mqtt), primary_key, cursor (SQL: a column), schedule (cron), timezone (the zone local
-    times are in; default the city's), feeds (a conformed entity), columns (conformed column ->
+    times are in; default the city's), max_document_mb (files, format json: the largest document
+    parsed whole, 100), feeds (a conformed entity), columns (conformed column ->
     source column or SQL expression), district ({from: coordinates|code|name, ...}), units,
     freshness ({column, max_delay_hours}: the newest row must be at most that old), volume
     ({max_drop}: the table may not shrink by more than this share between validated runs; 0.5),
@@ -244,54 +257,270 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
-def _check_timezone(tz: str, where: str) -> str:
+def _check_timezone(tz: Any, where: str) -> str:
+    if not isinstance(tz, str):
+        raise ConfigError(f"{where}: an IANA time zone name like America/Chicago, got {_shown(tz)}")
     try:
-        ZoneInfo(str(tz))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{where}: '{tz}' is not an IANA time zone; use a name like America/Chicago") from None
-    return str(tz)
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(f"{where}: {tz!r} is not an IANA time zone; use a name like America/Chicago") from None
+    return tz
+
+
+# --- hostile-input limits and rules (docs/cities.md "What city.yaml may contain") ---------------------
+
+#: a city.yaml is a few kilobytes: a bigger file, a deeper nesting or anchors/aliases expanding past the
+#: node budget (a "billion laughs" bomb) are refused before any value is built
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+#: a source column named in city.yaml (primary_key, cursor, freshness.column) goes into SQL as a quoted
+#: identifier, and into dbt models, so it may hold anything but these
+_COLUMN_NAME = re.compile(r'[^"`\x00-\x1f\x7f]{1,256}')
+_TEMPLATE = ("{{", "{%", "{#")
+COLUMN_RULE = "a column name: 1 to 256 characters without double quotes, backticks, control characters, {{ or {%"
+#: `table:` of a SQL source: [catalog.][schema.]table, each part letters, digits, _, $, - or spaces
+_TABLE = re.compile(r"[\w $-]{1,128}(?:\.[\w $-]{1,128}){0,2}")
+#: string literals, quoted identifiers and comments: what may hold a ';' that is not a statement separator
+_SQL_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`(?:[^`]|``)*`|--[^\n]*|/\*.*?\*/", re.DOTALL)
+_WILDCARD = re.compile(r"[*?\[]")
+#: optional source keys and the values they take (checked when present)
+_TEXT_KEYS = ("dsn", "url", "topic", "client_id", "records_path", "sheet", "landing")
+_INT_KEYS = {"batch_rows": (1, 10_000_000), "max_retries": (0, 100), "qos": (0, 2), "sensor_interval_s": (1, 86_400)}
+_NUMBER_KEYS = {"timeout_s": (0.001, 3600), "backoff_s": (0, 3600), "max_document_mb": (1, 100_000)}
+_BOOL_KEYS = ("header", "sensor")
+
+
+def valid_name(name: str) -> bool:
+    """An agency, source or sink name (see NAME_RULE)."""
+    return bool(_NAME.fullmatch(name)) and "__" not in name
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: its type and a bounded repr (never a whole hostile value)."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"
+
+
+def _text(value: Any, where: str, hint: str, scalars: bool = False) -> str:
+    """A string-valued key (with `scalars`, a number or date is taken as its text); never a list or mapping."""
+    if isinstance(value, str):
+        text = value
+    elif scalars and isinstance(value, (int, float, date)) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        raise ConfigError(f"{where}: {hint}; got {_shown(value)}")
+    if "\x00" in text:
+        raise ConfigError(f"{where}: holds a NUL character; {hint}")
+    return text
+
+
+def _number(value: Any, where: str, low: float, high: float, integer: bool = False) -> float:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        what = "a whole number" if integer else "a number"
+        span = f"{low:_} to {high:_}".replace("_", " ")
+        raise ConfigError(f"{where}: {what} from {span}, got {_shown(value)}")
+    return value
+
+
+def _path(base: Path, value: Any, where: str, hint: str) -> str:
+    """A path-valued key resolved against the config's folder; a value no filesystem takes is refused."""
+    text = _text(value, where, hint)
+    try:
+        return resolve_path(base, text)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {text[:200]!r} is not a usable path ({exc}); {hint}") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def column_name(value: Any, where: str) -> str:
+    """A source column named in city.yaml, safe to quote into SQL and dbt models."""
+    if not isinstance(value, str) or not _COLUMN_NAME.fullmatch(value) or any(t in value for t in _TEMPLATE):
+        raise ConfigError(f"{where}: {COLUMN_RULE}; got {_shown(value)}")
+    return value
+
+
+def glob_base(pattern: str) -> str:
+    """The folder a glob names: its segments before the first wildcard (a plain file path: its folder)."""
+    parts = pattern.split("/")
+    fixed = []
+    for part in parts[:-1]:
+        if _WILDCARD.search(part):
+            break
+        fixed.append(part)
+    return "/".join(fixed) or "/"
+
+
+def _check_glob(pattern: str, where: str) -> None:
+    """A files glob may not climb out of the folder it names: no '..' at or after its first wildcard."""
+    parts = pattern.replace("\\", "/").split("/")
+    first = next((i for i, p in enumerate(parts) if _WILDCARD.search(p)), len(parts))
+    if ".." in parts[first:]:
+        raise ConfigError(
+            f"{where}: '..' after a wildcard lets the glob reach outside the folder it names; "
+            "name the folder before the first wildcard, e.g. path: ./landing/energy/*.csv"
+        )
+
+
+def _check_expression(value: Any, where: str) -> str:
+    """A `columns:`/`district:` value: a source column name or one scalar SQL expression (dbt_build)."""
+    text = _text(value, where, "a source column or a SQL expression over the source's columns", scalars=True)
+    from orchestration.dbt_build import expression_problem  # late: dbt_build imports this module
+
+    problem = expression_problem(text)
+    if problem:
+        raise ConfigError(f"{where}: {text[:200]!r} {problem}")
+    return text
+
+
+def _check_query(value: Any, where: str) -> str:
+    """`query:` runs on the agency's database: one read statement (select/with), nothing after it."""
+    text = _text(value, where, 'a select statement, e.g. query: "select * from rides"')
+    body = _SQL_QUOTED.sub(" ", text).strip().rstrip(";").strip()
+    if ";" in body:
+        raise ConfigError(f"{where}: one statement only; ';' separates statements (citylake only reads)")
+    if not re.match(r"(?i)(select|with|values|table)\b", body):
+        raise ConfigError(f"{where}: a query reads: it starts with select or with; got {text[:80]!r}")
+    return text
+
+
+def _check_schedule(value: Any, where: str) -> str:
+    text = _text(value, where, 'a cron string, e.g. schedule: "0 3 * * *"')
+    from dagster._utils.schedules import is_valid_cron_string  # late: dagster is slow to import
+
+    try:
+        valid = is_valid_cron_string(text)
+    except Exception:  # noqa: BLE001 - the parser's own error on a hostile string means the same: not cron
+        valid = False
+    if not valid:
+        raise ConfigError(f'{where}: {text[:80]!r} is not a cron string; e.g. schedule: "0 3 * * *" (03:00 daily)')
+    return text
+
+
+def _check_source_values(raw: dict, where: str) -> None:
+    """Types and ranges of a source's optional keys, so a wrong value fails here rather than mid-run."""
+    for key in _TEXT_KEYS:
+        if key in raw:
+            _text(raw[key], f"{where}.{key}", "text")
+    for key, (low, high) in _INT_KEYS.items():
+        if key in raw:
+            _number(raw[key], f"{where}.{key}", low, high, integer=True)
+    for key, (low, high) in _NUMBER_KEYS.items():
+        if key in raw:
+            _number(raw[key], f"{where}.{key}", low, high)
+    for key in _BOOL_KEYS:
+        if key in raw and not isinstance(raw[key], bool):
+            raise ConfigError(f"{where}.{key}: true or false, got {_shown(raw[key])}")
+    if "delimiter" in raw:
+        d = raw["delimiter"]
+        if not isinstance(d, str) or len(d) != 1 or d in '"\r\n':
+            raise ConfigError(f"{where}.delimiter: one character, e.g. delimiter: ';', got {_shown(d)}")
+    if "encoding" in raw:
+        enc = _text(raw["encoding"], f"{where}.encoding", "a text encoding, e.g. encoding: latin-1")
+        try:
+            info = codecs.lookup(enc)
+            if not getattr(info, "_is_text_encoding", True) or info.name == "undefined":
+                raise LookupError(enc)
+        except (LookupError, ValueError):
+            raise ConfigError(
+                f"{where}.encoding: {enc[:80]!r} is not a text encoding; e.g. utf-8, latin-1, cp1252"
+            ) from None
+    if "table" in raw and not (isinstance(raw["table"], str) and _TABLE.fullmatch(raw["table"])):
+        raise ConfigError(
+            f"{where}.table: [schema.]table, each part letters, digits, _, $, - or spaces (write anything else "
+            f"as query:), got {_shown(raw['table'])}"
+        )
+    if "query" in raw:
+        _check_query(raw["query"], f"{where}.query")
+    if "schedule" in raw:
+        _check_schedule(raw["schedule"], f"{where}.schedule")
+    cursor = raw.get("cursor")
+    if isinstance(cursor, dict):
+        column_name(cursor.get("field"), f"{where}.cursor.field")
+        _text(cursor.get("param"), f"{where}.cursor.param", "the query parameter that takes the cursor")
+    elif cursor is not None:
+        column_name(cursor, f"{where}.cursor")
+    headers = _mapping(raw.get("headers"), f"{where}.headers")
+    for k, v in headers.items():
+        _text(k, f"{where}.headers", "header names are text")
+        _text(v, f"{where}.headers.{k}", "a header value (text or ${ENV_VAR})", scalars=True)
+    paging = _mapping(raw.get("pagination"), f"{where}.pagination")
+    for k, v in paging.items():
+        if k in ("size", "start"):
+            _number(v, f"{where}.pagination.{k}", 0, 1_000_000, integer=True)
+        else:
+            _text(v, f"{where}.pagination.{k}", "text")
 
 
 def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) -> Source:
     where = f"agencies.{agency}.{name}"
-    if not _NAME.match(name):
-        raise ConfigError(f"{where}: source names are lower_snake_case (letters, digits, _), got '{name}'")
+    if not valid_name(name):
+        raise ConfigError(f"{where}: a source name is {NAME_RULE}; got {name[:80]!r}")
     raw = _mapping(raw, where)
     kind = _require(raw, "kind", where, f"set it to one of {', '.join(SOURCE_KINDS)}")
-    if kind not in SOURCE_KINDS:
-        raise ConfigError(f"{where}.kind: '{kind}' is not a source kind; use one of {', '.join(SOURCE_KINDS)}")
+    if not isinstance(kind, str) or kind not in SOURCE_KINDS:
+        raise ConfigError(f"{where}.kind: {_shown(kind)} is not a source kind; use one of {', '.join(SOURCE_KINDS)}")
     pk = raw.get("primary_key")
     if isinstance(pk, str):
         pk = [pk]
-    if not pk or not isinstance(pk, list) or not all(isinstance(c, str) and c for c in pk):
+    if not pk or not isinstance(pk, list):
         raise ConfigError(
             f"{where}.primary_key is missing: list the source columns that identify a record, "
             "e.g. primary_key: [stop_id, service_date]"
         )
+    pk = [column_name(c, f"{where}.primary_key") for c in pk]
     if kind in ("postgres", "mysql"):
         _require(raw, "dsn", where, "the connection string, e.g. dsn: ${TRANSPORT_DB_DSN}")
     if kind == "sqlite":
-        _require(raw, "path", where, "the SQLite database file, e.g. path: ./data/transport.sqlite")
+        _path(
+            base,
+            _require(raw, "path", where, "the SQLite database file, e.g. path: ./data/transport.sqlite"),
+            f"{where}.path",
+            "the SQLite database file",
+        )
     if kind in ("postgres", "mysql", "sqlite") and not (raw.get("table") or raw.get("query")):
         raise ConfigError(f'{where}: set table: (e.g. public.daily_ridership) or query: "select ..."')
     if kind == "http_json":
         _require(raw, "url", where, "the endpoint, e.g. url: http://127.0.0.1:8311/open311/v2/requests.json")
     if kind == "files":
-        _require(raw, "path", where, "a file glob, e.g. path: ./landing/energy/*.csv")
+        pattern = _require(raw, "path", where, "a file glob, e.g. path: ./landing/energy/*.csv")
+        _check_glob(_text(pattern, f"{where}.path", "a file glob, e.g. path: ./landing/energy/*.csv"), f"{where}.path")
+        _path(base, pattern, f"{where}.path", "a file glob, e.g. path: ./landing/energy/*.csv")
         fmt = _require(raw, "format", where, f"one of {', '.join(FILE_FORMATS)}")
-        if fmt not in FILE_FORMATS:
-            raise ConfigError(f"{where}.format: '{fmt}' is not supported; use one of {', '.join(FILE_FORMATS)}")
+        if not isinstance(fmt, str) or fmt not in FILE_FORMATS:
+            raise ConfigError(f"{where}.format: {_shown(fmt)} is not supported; use one of {', '.join(FILE_FORMATS)}")
     if kind == "mqtt":
         _require(raw, "topic", where, "the topic filter, e.g. topic: city/air/+")
+        if "landing" in raw:
+            _path(base, raw["landing"], f"{where}.landing", "the folder for MQTT batch files")
+    _check_source_values(raw, where)
     tz = _check_timezone(raw.get("timezone", city_tz), f"{where}.timezone")
 
     feeds = raw.get("feeds")
-    columns = {str(k): str(v) for k, v in _mapping(raw.get("columns"), f"{where}.columns").items()}
-    district = {str(k): str(v) for k, v in _mapping(raw.get("district"), f"{where}.district").items()}
-    units = {str(k): str(v) for k, v in _mapping(raw.get("units"), f"{where}.units").items()}
+    columns = {
+        _text(k, f"{where}.columns", "keys are conformed column names"): _check_expression(v, f"{where}.columns.{k}")
+        for k, v in _mapping(raw.get("columns"), f"{where}.columns").items()
+    }
+    district = {
+        str(k): _text(v, f"{where}.district.{k}", "a source column or a SQL expression", scalars=True)
+        for k, v in _mapping(raw.get("district"), f"{where}.district").items()
+    }
+    units = {
+        _text(k, f"{where}.units", "keys are quantities, e.g. no2"): _text(v, f"{where}.units.{k}", "a unit, e.g. ppb")
+        for k, v in _mapping(raw.get("units"), f"{where}.units").items()
+    }
     if feeds is not None:
-        if feeds not in ENTITIES:
-            raise ConfigError(f"{where}.feeds: '{feeds}' is not a conformed entity; use one of {', '.join(ENTITIES)}")
+        if not isinstance(feeds, str) or feeds not in ENTITIES:
+            raise ConfigError(
+                f"{where}.feeds: {_shown(feeds)} is not a conformed entity; use one of {', '.join(ENTITIES)}"
+            )
         entity = ENTITIES[feeds]
         for col in columns:
             if entity.column(col) is None:
@@ -307,20 +536,25 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
     if district:
         method = district.get("from")
         if method not in DISTRICT_METHODS:
-            raise ConfigError(f"{where}.district.from: use one of {', '.join(DISTRICT_METHODS)}, got '{method}'")
+            raise ConfigError(f"{where}.district.from: use one of {', '.join(DISTRICT_METHODS)}, got {method!r}")
         needs = ("lat", "lon") if method == "coordinates" else ("column",)
         for k in needs:
             if not district.get(k):
                 raise ConfigError(f"{where}.district.{k} is missing: name the source column (from: {method})")
+            _check_expression(district[k], f"{where}.district.{k}")
     fresh = _mapping(raw.get("freshness"), f"{where}.freshness")
-    if fresh and (not fresh.get("column") or not isinstance(fresh.get("max_delay_hours"), (int, float))):
-        raise ConfigError(
-            f"{where}.freshness: give the timestamp column and the allowed delay, e.g. "
-            "freshness: {column: observed_at, max_delay_hours: 26}"
-        )
+    if fresh:
+        delay = fresh.get("max_delay_hours")
+        if not fresh.get("column") or isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise ConfigError(
+                f"{where}.freshness: give the timestamp column and the allowed delay, e.g. "
+                "freshness: {column: observed_at, max_delay_hours: 26}"
+            )
+        column_name(fresh["column"], f"{where}.freshness.column")
+        _number(delay, f"{where}.freshness.max_delay_hours", 0.001, 87_840)
     drop = _mapping(raw.get("volume"), f"{where}.volume").get("max_drop", 0.5)
-    if not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
-        raise ConfigError(f"{where}.volume.max_drop: a share between 0 and 1 (e.g. 0.5), got {drop!r}")
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
+        raise ConfigError(f"{where}.volume.max_drop: a share between 0 and 1 (e.g. 0.5), got {_shown(drop)}")
     personal = _parse_personal_data(raw.get("personal_data"), where, pk, raw, columns, district)
     from orchestration.dbt_build import unit_factors  # late: the seed reader lives with the dbt build
 
@@ -390,7 +624,10 @@ def _parse_personal_data(
 def _parse_population_format(value: Any) -> dict[str, str]:
     """`districts.population_format`: a wide census table (one column per census year) -> code, population, year."""
     where = "districts.population_format"
-    fmt = {str(k): str(v) for k, v in _mapping(value, where).items()}
+    fmt = {
+        _text(k, where, "keys are layout, code and year_columns"): _text(v, f"{where}.{k}", "text", scalars=True)
+        for k, v in _mapping(value, where).items()
+    }
     if not fmt:
         return {}
     example = "e.g. population_format: {layout: wide, code: district_code, year_columns: '^(\\d{4}) Population$'}"
@@ -398,15 +635,18 @@ def _parse_population_format(value: Any) -> dict[str, str]:
         raise ConfigError(f"{where}.layout: only 'wide' is supported (one column per census year); {example}")
     unknown = sorted(set(fmt) - {"layout", "code", "year_columns"})
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key; use layout, code and year_columns; {example}")
+        raise ConfigError(f"{where}.{unknown[0][:80]}: unknown key; use layout, code and year_columns; {example}")
     _require(fmt, "code", where, f"the column (or SQL expression over the columns) giving the district code; {example}")
+    _check_expression(fmt["code"], f"{where}.code")
     pattern = _require(fmt, "year_columns", where, f"a regex matching the census-year columns; {example}")
     try:
         groups = re.compile(pattern).groups
-    except re.error as exc:
-        raise ConfigError(f"{where}.year_columns: '{pattern}' is not a regular expression ({exc}); {example}") from None
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise ConfigError(
+            f"{where}.year_columns: {pattern[:200]!r} is not a regular expression ({exc}); {example}"
+        ) from None
     if groups < 1:
-        raise ConfigError(f"{where}.year_columns: '{pattern}' needs a group capturing the year, {example}")
+        raise ConfigError(f"{where}.year_columns: {pattern[:200]!r} needs a group capturing the year, {example}")
     return fmt
 
 
@@ -417,30 +657,34 @@ def _parse_sinks(value: Any) -> dict[str, dict[str, Any]]:
     """`sinks:`: where published marts are copied besides the catalog (see the module docstring)."""
     sinks = {}
     for kind, given in _mapping(value, "sinks").items():
-        where = f"sinks.{kind}"
+        where = f"sinks.{str(kind)[:80]}"
         if kind not in SINK_KINDS:
             raise ConfigError(f"{where}: unknown sink; use one of {', '.join(SINK_KINDS)}")
         raw = dict(_mapping(given, where))
-        _require(raw, "dsn", where, "the connection string, e.g. dsn: ${CITYLAKE_PG_DSN}")
+        _text(
+            _require(raw, "dsn", where, "the connection string, e.g. dsn: ${CITYLAKE_PG_DSN}"), f"{where}.dsn", "text"
+        )
         raw.setdefault("schema", "citylake")
         for key in ("schema", "reader_role"):
-            if key in raw and not _NAME.match(str(raw[key])):
-                raise ConfigError(f"{where}.{key}: use a lower_snake_case name (letters, digits, _), got '{raw[key]}'")
-        unknown = sorted(set(raw) - {"dsn", "schema", "reader_role"})
+            if key in raw and not (isinstance(raw[key], str) and valid_name(raw[key])):
+                raise ConfigError(f"{where}.{key}: a PostgreSQL name, {NAME_RULE}; got {_shown(raw[key])}")
+        unknown = sorted(str(k) for k in set(raw) - {"dsn", "schema", "reader_role"})
         if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; a postgres sink takes dsn, schema and reader_role")
+            raise ConfigError(
+                f"{where}.{unknown[0][:80]}: unknown key; a postgres sink takes dsn, schema and reader_role"
+            )
         sinks[kind] = raw
     return sinks
 
 
 def _parse_alerts(value: Any) -> dict[str, Any]:
     alerts = dict(_mapping(value, "alerts"))
-    unknown = sorted(set(alerts) - {"webhook"})
+    unknown = sorted(str(k) for k in set(alerts) - {"webhook"})
     if unknown:
-        raise ConfigError(f"alerts.{unknown[0]}: unknown key; alerts takes webhook: URL")
-    url = str(alerts.get("webhook", ""))
+        raise ConfigError(f"alerts.{unknown[0][:80]}: unknown key; alerts takes webhook: URL")
+    url = _text(alerts.get("webhook", ""), "alerts.webhook", "an http(s) URL or ${ENV_VAR}")
     if url and not (url.startswith(("http://", "https://")) or url.startswith("${")):
-        raise ConfigError(f"alerts.webhook: an http(s) URL or ${{ENV_VAR}}, got '{url}'")
+        raise ConfigError(f"alerts.webhook: an http(s) URL or ${{ENV_VAR}}, got {url[:200]!r}")
     return alerts
 
 
@@ -514,29 +758,131 @@ def _parse_deduplicate(value: Any, sources: list[Source]) -> dict[str, Deduplica
     return rules
 
 
+def _parse_simulators(value: Any) -> dict[str, Any]:
+    sims = _mapping(value, "simulators")
+    open311 = _mapping(sims.get("open311"), "simulators.open311")
+    if open311:
+        _text(_require(open311, "data", "simulators.open311", "the requests file"), "simulators.open311.data", "a path")
+        if "port" in open311:
+            _number(open311["port"], "simulators.open311.port", 1, 65535, integer=True)
+    return sims
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader; `read_yaml` checks the composed document before any value is built."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, TypeError) as exc:
+            # a date like 2025-13-45, an integer of more digits than Python converts, ...
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {exc}", node.start_mark
+            ) from None
+
+
+def _line(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}"
+
+
+def _check_document(root: yaml.Node, where: str) -> None:
+    """Refuse a document too deep, too big once aliases are expanded, self-referencing, or with a key twice."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: {_line(node)}: nested deeper than {MAX_DEPTH} levels; a city.yaml needs a few")
+        if id(node) in open_nodes:
+            raise ConfigError(f"{where}: {_line(node)}: an alias refers to a node that contains it")
+        n = 1
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            open_nodes.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                children = [c for pair in node.value for c in pair]
+                seen: dict[tuple[str, str], yaml.Node] = {}
+                for key, _ in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                        if (key.tag, key.value) in seen:
+                            raise ConfigError(
+                                f"{where}: {_line(key)}: key {key.value[:80]!r} appears twice in one mapping "
+                                f"(first on {_line(seen[key.tag, key.value])}); YAML keeps only the last, so remove one"
+                            )
+                        seen[key.tag, key.value] = key
+            else:
+                children = node.value
+            for child in children:
+                n += size(child, depth + 1)
+                if n > MAX_NODES:
+                    raise ConfigError(
+                        f"{where}: {_line(node)}: more than {MAX_NODES} values once anchors and aliases are "
+                        "expanded (an alias bomb?); a city.yaml needs a few hundred"
+                    )
+            open_nodes.discard(id(node))
+        sizes[id(node)] = n
+        return n
+
+    size(root, 0)
+
+
+def read_yaml(p: Path) -> Any:
+    """The YAML document in `p`, built only once it is known to be small (see MAX_CONFIG_BYTES, MAX_DEPTH,
+    MAX_NODES) and without a repeated key; any problem is a ConfigError naming the file and line."""
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: {len(raw)} bytes; a city.yaml is at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save it as UTF-8") from None
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{p}: nested deeper than {MAX_DEPTH} levels; a city.yaml needs a few") from None
+        if node is None:
+            return None
+        _check_document(node, str(p))
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | os.PathLike | None = None) -> CityConfig:
     """Read and validate city.yaml; raises ConfigError naming the key and the fix."""
     p = config_path(path)
-    if not p.exists():
+    if not _exists(p):
         raise ConfigError(
             f"{p}: no such config file; pass --config PATH, set CITYLAKE_CONFIG, "
             "or run `citylake generate` to create the reference city"
         )
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    data = _mapping(data, str(p))
+    data = _mapping(read_yaml(p), str(p))
     base = p.parent
     city = _mapping(_require(data, "city", "city.yaml", "add a city: block with name and timezone"), "city")
-    name = str(_require(city, "name", "city", "the city's name, e.g. name: Riverton"))
+    name = _text(
+        _require(city, "name", "city", "the city's name, e.g. name: Riverton"), "city.name", "the city's name", True
+    )
+    if any(t in name for t in _TEMPLATE):
+        raise ConfigError(f"city.name: {name[:80]!r} holds a template delimiter ({{{{ or {{%); write the plain name")
     tz = _check_timezone(
         _require(city, "timezone", "city", "an IANA zone, e.g. timezone: America/Chicago"), "city.timezone"
     )
     lake = _mapping(_require(data, "lake", "city.yaml", "add lake: {root: ./lake}"), "lake")
-    root = resolve_path(base, str(_require(lake, "root", "lake", "a folder or s3://bucket/prefix")))
+    root = _path(base, _require(lake, "root", "lake", "a folder or s3://bucket/prefix"), "lake.root", "a folder")
     if "catalog" in data:
-        catalog = Path(resolve_path(base, str(data["catalog"])))
+        catalog = Path(_path(base, data["catalog"], "catalog", "a local DuckDB file, e.g. catalog: ./catalog.duckdb"))
     elif "://" in root:
         raise ConfigError(
             "catalog is missing: the lake is on object storage, so name a local file for the "
@@ -544,36 +890,44 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         )
     else:
         catalog = Path(root) / "catalog.duckdb"
-    state_dir = Path(resolve_path(base, str(data.get("state_dir", "./.citylake"))))
+    state_dir = Path(_path(base, data.get("state_dir", "./.citylake"), "state_dir", "a local folder"))
     districts = _mapping(
         _require(data, "districts", "city.yaml", "add districts: {boundaries, population}"), "districts"
     )
     boundaries = Path(
-        resolve_path(
-            base, str(_require(districts, "boundaries", "districts", "a GeoJSON file, one feature per district"))
+        _path(
+            base,
+            _require(districts, "boundaries", "districts", "a GeoJSON file, one feature per district"),
+            "districts.boundaries",
+            "a GeoJSON file",
         )
     )
     population = Path(
-        resolve_path(
-            base, str(_require(districts, "population", "districts", "a CSV with columns code, population, year"))
+        _path(
+            base,
+            _require(districts, "population", "districts", "a CSV with columns code, population, year"),
+            "districts.population",
+            "a CSV file",
         )
     )
     for key, f in (("districts.boundaries", boundaries), ("districts.population", population)):
-        if not f.exists():
+        if not _exists(f):
             raise ConfigError(f"{key}: {f} does not exist; fix the path (relative to {base})")
+    code_property = _text(districts.get("code_property", "code"), "districts.code_property", "a property name", True)
+    name_property = _text(districts.get("name_property", "name"), "districts.name_property", "a property name", True)
     refs = {}
     for key, value in _mapping(data.get("reference_data"), "reference_data").items():
         if key not in ("district_crosswalk", "service_categories", "waste_streams"):
             raise ConfigError(
-                f"reference_data.{key}: unknown; use district_crosswalk, service_categories or waste_streams"
+                f"reference_data.{str(key)[:80]}: unknown; use district_crosswalk, service_categories or waste_streams"
             )
-        refs[key] = Path(resolve_path(base, str(value)))
-        if not refs[key].exists():
+        refs[key] = Path(_path(base, value, f"reference_data.{key}", "a CSV file"))
+        if not _exists(refs[key]):
             raise ConfigError(f"reference_data.{key}: {refs[key]} does not exist; fix the path")
     sources = []
     for agency, srcs in _mapping(data.get("agencies"), "agencies").items():
-        if not _NAME.match(str(agency)):
-            raise ConfigError(f"agencies.{agency}: agency names are lower_snake_case, got '{agency}'")
+        if not valid_name(str(agency)):
+            raise ConfigError(f"agencies: an agency name is {NAME_RULE}; got {_shown(agency)}")
         for sname, raw in _mapping(srcs, f"agencies.{agency}").items():
             sources.append(_parse_source(str(agency), str(sname), raw, base, tz))
     if not sources:
@@ -586,11 +940,11 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         catalog_path=catalog,
         state_dir=state_dir,
         boundaries=boundaries,
-        code_property=str(districts.get("code_property", "code")),
-        name_property=str(districts.get("name_property", "name")),
+        code_property=code_property,
+        name_property=name_property,
         population=population,
         reference_data=refs,
-        simulators=_mapping(data.get("simulators"), "simulators"),
+        simulators=_parse_simulators(data.get("simulators")),
         sources=tuple(sources),
         sinks=_parse_sinks(data.get("sinks")),
         population_format=_parse_population_format(districts.get("population_format")),

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import yaml
@@ -64,10 +65,74 @@ def raw_expression(mapping: str) -> str:
     return mapping
 
 
+_PARSER_LOCK = threading.Lock()
+
+
+@functools.cache
+def _parser(pid: int):
+    """An in-memory DuckDB connection used only to parse expressions (no table, no data), one per process."""
+    import duckdb
+
+    return duckdb.connect()
+
+
+#: scalar functions an expression in city.yaml may not call: they read settings, sequences or the query
+#: itself, or write to the log (table functions such as read_csv need a subquery, refused on its own)
+_DENIED_FUNCTIONS = {"current_setting", "current_query", "nextval", "currval", "setval", "setseed", "write_log"}
+_DENIED_PREFIXES = ("read_", "__internal", "pragma_", "duckdb_", "json_deserialize_sql", "getenv")
+
+
+@functools.lru_cache(maxsize=4096)
+def expression_problem(mapping: str) -> str | None:
+    """Why a `columns:`/`district:`/`population_format.code` value cannot go into a model, or None when it can.
+
+    A value is a source column name (quoted by `_expr`) or one scalar SQL expression over the source's
+    columns, rendered as `cast(<value> as varchar)`. It is parsed by DuckDB exactly so, and refused when it
+    is not one expression (a ';', a second select item, a comment eating the rest), holds a subquery, a
+    query parameter or a dbt template (`{{`, `{%`: dbt would run it), or calls a denied function.
+    """
+    if any(t in mapping for t in ("{{", "{%", "{#")):
+        return "holds a dbt template delimiter ({{, {% or {#); write plain SQL"
+    if _COLUMN.match(mapping):
+        return None
+    if len(mapping) > 10_000:
+        return "is longer than 10 000 characters"
+    sql = f"select cast({raw_expression(mapping)} as varchar) from citylake_source"
+    with _PARSER_LOCK:
+        tree = json.loads(_parser(os.getpid()).execute("select json_serialize_sql(?::varchar)", [sql]).fetchone()[0])
+    if tree.get("error"):
+        return f"is not one SQL expression ({tree.get('error_message', 'syntax error')[:200]})"
+    statements = tree.get("statements") or []
+    node = statements[0].get("node", {}) if len(statements) == 1 else {}
+    source = node.get("from_table") or {}
+    if (
+        len(node.get("select_list") or []) != 1
+        or source.get("table_name") != "citylake_source"
+        or any(node.get(k) for k in ("where_clause", "group_expressions", "having", "qualify", "modifiers"))
+    ):
+        return "is not one SQL expression over the source's columns"
+    stack: list[object] = [node["select_list"]]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            cls = item.get("class")
+            if cls == "SUBQUERY":
+                return "holds a subquery; an expression reads the source's own row only"
+            if cls == "PARAMETER":
+                return "holds a query parameter ($1 or ?)"
+            fn = str(item.get("function_name", "")).lower() if cls == "FUNCTION" else ""
+            if fn in _DENIED_FUNCTIONS or fn.startswith(_DENIED_PREFIXES):
+                return f"calls {fn}(), which an expression in city.yaml may not use"
+            stack.extend(item.values())
+    return None
+
+
 def render_staging(source: Source) -> str:
     """The generated staging model of a source that feeds a conformed entity."""
     entity: Entity = ENTITIES[source.feeds]
-    key = " || '|' || ".join(f"coalesce(cast(\"{k}\" as varchar), '')" for k in source.primary_key)
+    key = " || '|' || ".join(f"coalesce(cast({_quote(k)} as varchar), '')" for k in source.primary_key)
     raw_lines = [
         f"        cast({raw_expression(source.columns[c.name])} as varchar) as {c.name}__raw"
         for c in entity.columns

@@ -33,19 +33,28 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestration import lake
 from orchestration.config import CityConfig, Source
-from orchestration.connectors import Landing, Rejected, read_source, scrubbed, secret_values
+from orchestration.connectors import LOCATION, Landing, Rejected, read_source, scrubbed, secret_values
 from orchestration.privacy import PersonalData
 from orchestration.quality import bronze_suite, split_rows
 
+#: a file's rejects are written to quarantine in batches of this many (bounded memory for a bad file)
+QUARANTINE_FLUSH = 50_000
 META_COLUMNS = ("_ingested_at", "_batch", "_source_file", "_source_checksum")
 #: columns that say how a row arrived, not what it says: a row differing only here is unchanged
 UNCOMPARED = (*META_COLUMNS, "_received_at")
@@ -104,17 +113,112 @@ def stored_cursor(source: Source, bronze: pa.Table | None) -> Any:
     return pc.max(values).as_py()
 
 
+def _rejected(row: dict, reason: str, location: str, record_key: str | None = None) -> Rejected:
+    """A row that cannot go to bronze: its record as JSON, and its place (a file row's own: path:N)."""
+    where = row.pop(LOCATION, None) or location
+    return Rejected(json.dumps(row, default=str, sort_keys=True), reason, where, record_key=record_key)
+
+
 def _key_text(row: dict, keys: tuple[str, ...]) -> str:
     return "|".join("" if row.get(k) is None else str(row.get(k)) for k in keys)
 
 
-def split_keys(
-    table: pa.Table, keys: tuple[str, ...], location: str, drop_identical: bool = False
-) -> tuple[pa.Table, list[Rejected]]:
-    """Drop rows with a missing key or a key repeated within the landing (first kept) into rejects.
+class KeySet:
+    """The primary keys one load has seen, as two 64-bit keyed hashes per key (16 bytes a key whatever
+    the key's size), kept in sorted runs: a file of any size is checked for repeated keys in bounded
+    memory. Two different keys are taken for one with a probability of about n^2 / 2^129."""
 
-    With `drop_identical` (MQTT, delivered at least once), a repeat whose values equal the kept row's
-    is a redelivery, not a bad record: it is dropped without a quarantine entry.
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        salt = secrets.token_hex(16)
+        self.salts = (salt[:16], salt[16:])
+
+    def hashes(self, table: pa.Table, keys: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's key (its columns' texts, each prefixed by its length, so no two keys run together)."""
+        parts: list[pa.Array] = []
+        for k in keys:
+            col = table.column(k).combine_chunks()
+            try:
+                text = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                text = pa.array([None if v is None else repr(v) for v in col.to_pylist()], pa.string())
+            text = pc.fill_null(text, "")
+            parts += [pc.cast(pc.binary_length(text), pa.string()), text]
+        joined = pc.binary_join_element_wise(*parts, ":").to_numpy(zero_copy_only=False)
+        a, b = (pd.util.hash_array(joined, hash_key=s, categorize=False) for s in self.salts)
+        return a, b
+
+    def _known(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(a), bool)
+        for ra, rb in self.runs:
+            lo = np.searchsorted(ra, a, "left")
+            hi = np.searchsorted(ra, a, "right")
+            one = (hi - lo) == 1
+            found[one] |= rb[lo[one]] == b[one]
+            for i in np.flatnonzero(hi - lo > 1):  # the first hashes collide: compare the second ones
+                found[i] |= bool((rb[lo[i] : hi[i]] == b[i]).any())
+        return found
+
+    def add(self, table: pa.Table, keys: tuple[str, ...], valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Record the valid rows' keys; returns (repeat: a key seen before, first: the row of this table
+        that first had it, -1 when that was an earlier table)."""
+        n = table.num_rows
+        repeat, first = np.zeros(n, bool), np.full(n, -1)
+        rows = np.flatnonzero(valid)
+        if not len(rows):
+            return repeat, first
+        keyed = table.select(list(keys))
+        a, b = self.hashes(keyed if len(rows) == table.num_rows else keyed.take(rows), keys)
+        order = np.lexsort((rows, b, a))
+        sa, sb, srow = a[order], b[order], rows[order]
+        new = np.ones(len(order), bool)
+        new[1:] = (sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])
+        leader = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
+        repeat[srow[~new]] = True
+        first[srow[~new]] = srow[leader[~new]]
+        known = self._known(sa[new], sb[new])
+        repeat[srow[new][known]] = True
+        fresh = ~known
+        self._insert(sa[new][fresh], sb[new][fresh])
+        return repeat, first
+
+    def _insert(self, a: np.ndarray, b: np.ndarray) -> None:
+        if not len(a):
+            return
+        order = np.argsort(a, kind="stable")
+        self.runs.append((a[order], b[order]))
+        # merge runs of similar size: O(log n) runs to search, each key moved O(log n) times
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
+            (a1, b1), (a2, b2) = self.runs.pop(), self.runs.pop()
+            ma, mb = np.concatenate([a2, a1]), np.concatenate([b2, b1])
+            order = np.argsort(ma, kind="stable")
+            self.runs.append((ma[order], mb[order]))
+
+
+def _missing_key(table: pa.Table, keys: tuple[str, ...]) -> np.ndarray:
+    """Rows whose key has a null (or, in a text column, empty) part."""
+    missing = np.zeros(table.num_rows, bool)
+    for k in keys:
+        col = table.column(k)
+        empty = pc.is_null(col)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            empty = pc.or_(empty, pc.fill_null(pc.equal(col, ""), False))
+        missing |= empty.to_numpy(zero_copy_only=False)
+    return missing
+
+
+def split_keys(
+    table: pa.Table,
+    keys: tuple[str, ...],
+    location: str,
+    drop_identical: bool = False,
+    seen: KeySet | None = None,
+) -> tuple[pa.Table, list[Rejected]]:
+    """Drop rows with a missing key or a key repeated within the load (first kept) into rejects.
+
+    `seen` carries the keys of earlier pieces of the same load (a big file comes in pieces). With
+    `drop_identical` (MQTT, delivered at least once), a repeat whose values equal the kept row's is a
+    redelivery, not a bad record: it is dropped without a quarantine entry.
     """
     missing_cols = [k for k in keys if k not in table.column_names]
     if missing_cols and table.num_rows:
@@ -124,29 +228,27 @@ def split_keys(
         )
     if table.num_rows == 0:
         return table, []
-    rows = table.select(list(keys)).to_pylist()
-    seen: dict[str, int] = {}
-    keep: list[bool] = []
+    missing = _missing_key(table, keys)
+    repeat, first = (seen or KeySet()).add(table, keys, ~missing)
+    bad = np.flatnonzero(missing | repeat)
+    if not len(bad):
+        return table, []
+    keep = np.ones(table.num_rows, bool)
+    rows = table.take(bad).to_pylist()
+    firsts = table.take(first[bad][first[bad] >= 0]).to_pylist() if drop_identical else []
+    earlier = iter(firsts)
     rejected: list[Rejected] = []
-    full = table.to_pylist() if drop_identical else None
-    for i, row in enumerate(rows):
-        null = [k for k in keys if row[k] is None or row[k] == ""]
+    for i, row in zip(bad, rows, strict=True):
+        keep[i] = False
         key = _key_text(row, keys)
-        reason = None
-        if null:
+        if missing[i]:
+            null = [k for k in keys if row[k] is None or row[k] == ""]
             reason = f"missing primary key {', '.join(null)}"
-        elif key in seen:
-            if drop_identical and _content(full[i]) == _content(full[seen[key]]):
-                keep.append(False)
+        else:
+            if drop_identical and first[i] >= 0 and _content(row) == _content(next(earlier)):
                 continue
             reason = f"duplicate primary key {key} in one load (first kept)"
-        seen.setdefault(key, i)
-        keep.append(reason is None)
-        if reason:
-            full = full or table.to_pylist()
-            rejected.append(
-                Rejected(json.dumps(full[i], default=str, sort_keys=True), reason, location, record_key=key)
-            )
+        rejected.append(_rejected(row, reason, location, key))
     return table.filter(pa.array(keep)), rejected
 
 
@@ -172,10 +274,11 @@ def conform(
     failed: dict[int, list[str]] = {}
     columns: dict[str, pa.Array] = {}
     for name in table.column_names:
-        arr = table.column(name).combine_chunks()
+        arr = table.column(name)
         target = known.get(name) or (pa.string() if pa.types.is_null(arr.type) else arr.type)
         if arr.type != target:
-            arr = _cast(arr, target, name, failed)
+            # only a column that needs a cast is copied (a big file's piece is not held twice)
+            arr = _cast(arr.combine_chunks(), target, name, failed)
         columns[name] = arr
     missing = [f.name for f in schema if f.name not in columns and f.name not in META_COLUMNS] if schema else []
     for name in missing:
@@ -185,15 +288,10 @@ def conform(
     typed = pa.table({c: columns[c] for c in order})
     if not failed:
         return typed, [], missing
-    rows = table.to_pylist()
+    bad = sorted(failed)
     rejected = [
-        Rejected(
-            json.dumps(rows[i], default=str, sort_keys=True),
-            "; ".join(reasons),
-            location,
-            record_key=_key_text(rows[i], keys),
-        )
-        for i, reasons in sorted(failed.items())
+        _rejected(row, "; ".join(failed[i]), location, _key_text(row, keys))
+        for i, row in zip(bad, table.take(bad).to_pylist(), strict=True)
     ]
     keep = pa.array([i not in failed for i in range(n)])
     return typed.filter(keep), rejected, missing
@@ -222,13 +320,13 @@ def _cast(arr: pa.Array, target: pa.DataType, name: str, failed: dict[int, list[
 
 def _with_meta(table: pa.Table, batch: str, now: dt.datetime, landing: Landing) -> pa.Table:
     n = table.num_rows
-    for name, arr in (
-        ("_ingested_at", pa.array([now] * n, pa.timestamp("us", tz="UTC"))),
-        ("_batch", pa.array([batch] * n, pa.string())),
-        ("_source_file", pa.array([landing.file] * n, pa.string())),
-        ("_source_checksum", pa.array([landing.checksum] * n, pa.string())),
+    for name, value in (
+        ("_ingested_at", pa.scalar(now, pa.timestamp("us", tz="UTC"))),
+        ("_batch", pa.scalar(batch, pa.string())),
+        ("_source_file", pa.scalar(landing.file, pa.string())),
+        ("_source_checksum", pa.scalar(landing.checksum, pa.string())),
     ):
-        table = table.append_column(name, arr)
+        table = table.append_column(name, pa.repeat(value, n))
     return table
 
 
@@ -252,19 +350,107 @@ def _quarantine_table(
             "_source_checksum": pa.array([landing.checksum] * n, pa.string()),
             # a file with no good rows is finished once its rejects are here (nothing goes to bronze)
             "_file_done": pa.array([file_done] * n, pa.bool_()),
+            # how the file was read: a file refused whole is read again once the source reads files differently
+            "_read_options": pa.array([landing.options] * n, pa.string()),
             "_batch": pa.array([batch] * n, pa.string()),
             "_ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
     )
 
 
-def _file_pairs(table: pa.Table | None) -> set[tuple[str, str]]:
-    if table is None or "_source_file" not in table.column_names or table.num_rows == 0:
+def _file_pairs(uri: str, options: str | None = None) -> set[tuple[str, str]]:
+    """(file, checksum) pairs a table holds, read a batch at a time (bronze may hold billions of rows).
+
+    In quarantine only files finished there count (`_file_done`: no row of them reached bronze), and of
+    those only the ones read with the source's current reading `options` (or before options were kept).
+    """
+    dt_ = lake.open_table(uri)
+    if dt_ is None:
         return set()
-    if "_file_done" in table.column_names:
-        table = table.filter(pc.fill_null(table.column("_file_done"), False))
-    pairs = table.select(["_source_file", "_source_checksum"]).group_by(["_source_file", "_source_checksum"])
-    return {(r["_source_file"], r["_source_checksum"]) for r in pairs.aggregate([]).to_pylist() if r["_source_file"]}
+    dataset = dt_.to_pyarrow_dataset()
+    wanted = ["_source_file", "_source_checksum", "_file_done", "_read_options"]
+    columns = [c for c in wanted if c in dataset.schema.names]
+    if "_source_file" not in columns or "_source_checksum" not in columns:
+        return set()
+    pairs: set[tuple[str, str]] = set()
+    for batch in dataset.to_batches(columns=columns, batch_size=1_000_000):
+        table = pa.Table.from_batches([batch])
+        if "_file_done" in columns:
+            table = table.filter(pc.fill_null(table.column("_file_done"), False))
+            if "_read_options" in columns and options is not None:
+                same = pc.fill_null(pc.equal(table.column("_read_options"), options), True)
+                table = table.filter(same)
+        groups = table.select(["_source_file", "_source_checksum"]).group_by(["_source_file", "_source_checksum"])
+        pairs.update((r["_source_file"], r["_source_checksum"]) for r in groups.aggregate([]).to_pylist())
+    return {p for p in pairs if p[0]}
+
+
+class _Spill:
+    """The prepared pieces of one file: the first in memory, more on local disk (Arrow IPC, lz4), read
+    back as one stream with one schema (pieces of JSON lines may differ in columns)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.folder = root, None
+        self.first: pa.Table | None = None
+        self.files: list[str] = []
+        self.schemas: list[pa.Schema] = []
+
+    def add(self, table: pa.Table) -> None:
+        if self.first is None and not self.files:
+            self.first = table
+            return
+        if self.folder is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.folder = tempfile.mkdtemp(prefix="ingest-", dir=self.root)
+        for t in (self.first, table):
+            if t is None:
+                continue
+            path = os.path.join(self.folder, f"{len(self.files):06d}.arrow")
+            options = pa.ipc.IpcWriteOptions(compression="lz4")
+            with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, t.schema, options=options) as writer:
+                writer.write_table(t, max_chunksize=65_536)
+            self.files.append(path)
+            self.schemas.append(t.schema)
+        self.first = None
+
+    def data(self) -> pa.Table | pa.RecordBatchReader:
+        if self.first is not None:
+            return self.first
+        schema = pa.unify_schemas(self.schemas, promote_options="permissive")
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for path in self.files:
+                with pa.memory_map(path) as source:
+                    reader = pa.ipc.open_file(source)
+                    for i in range(reader.num_record_batches):
+                        yield _aligned(reader.get_batch(i), schema)
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def close(self) -> None:
+        self.first = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def _with_keys(rows: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """JSON records without a key column at all: each is a record missing its key (a null column)."""
+    for k in keys:
+        if rows.num_rows and k not in rows.column_names:
+            rows = rows.append_column(k, pa.nulls(rows.num_rows, pa.string()))
+    return rows
+
+
+def _aligned(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """`batch` with exactly `schema`'s columns and types (a column it lacks is null): a batch handed to
+    the Delta writer must match its stream's schema exactly."""
+    columns = []
+    for f in schema:
+        i = batch.schema.get_field_index(f.name)
+        col = batch.column(i) if i >= 0 else pa.nulls(batch.num_rows, f.type)
+        columns.append(col if col.type == f.type else col.cast(f.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 class _Loader:
@@ -280,6 +466,7 @@ class _Loader:
         self.missing: set[str] = set()
         self.bronze_files: set[str] = set()
         self.suite = bronze_suite(source)
+        self.spill_root = cfg.state_dir / "spill"
         # resolved first: a missing key fails the load before anything is written
         self.personal = PersonalData(source)
         stale = self.personal.stored_columns(self.schema.names if self.schema is not None else [])
@@ -289,14 +476,18 @@ class _Loader:
                 f"before the rule; delete it and {self.quri} so that the source reloads without them, then run again"
             )
 
-    def prepare(self, landing: Landing, drop_identical: bool = False) -> tuple[pa.Table, list[Rejected]]:
+    def prepare(
+        self, landing: Landing, drop_identical: bool = False, seen: KeySet | None = None
+    ) -> tuple[pa.Table, list[Rejected]]:
         """Personal data removed, keys checked, types conformed, metadata added: (rows for bronze, for quarantine)."""
         landing = self.personal.landing(landing)
         self.result.rows_read += landing.rows.num_rows + len(landing.rejected)
         location = landing.file or self.source.where
         gated, failed = self.gate(landing.rows, location)
-        good, dupes = split_keys(gated, self.source.primary_key, location, drop_identical)
+        good, dupes = split_keys(gated, self.source.primary_key, location, drop_identical, seen)
         typed, uncastable, missing = conform(good, self.schema, self.source.primary_key, location)
+        if LOCATION in typed.column_names:
+            typed = typed.drop_columns([LOCATION])
         if landing.rows.num_rows:
             self.missing.update(missing)
         return _with_meta(typed, self.batch, self.now, landing), landing.rejected + failed + dupes + uncastable
@@ -312,12 +503,7 @@ class _Loader:
         records = rows.take([i for i, _ in failed]).to_pylist()
         keys = self.source.primary_key
         return good, [
-            Rejected(
-                json.dumps(r, default=str, sort_keys=True),
-                reason,
-                location,
-                record_key=_key_text(r, keys) if all(k in r for k in keys) else None,
-            )
+            _rejected(r, reason, location, _key_text(r, keys) if all(k in r for k in keys) else None)
             for r, (_, reason) in zip(records, failed, strict=True)
         ]
 
@@ -337,13 +523,58 @@ class _Loader:
         return [c for c in table.column_names if c not in UNCOMPARED and c not in self.source.primary_key]
 
     def load_file(self, landing: Landing) -> None:
-        """A file's rows replace that file's earlier rows."""
-        table, rejected = self.prepare(landing)
-        self.quarantine(rejected, landing, file_done=table.num_rows == 0)
-        if table.num_rows or landing.file in self.bronze_files:
-            lake.overwrite_where(self.uri, table, "_source_file", landing.file)
+        """A file's rows replace that file's earlier rows, in one Delta commit whatever the file's size.
+
+        The file comes in pieces, each checked like any landing (keys repeated across pieces too). Its
+        rejects reach quarantine before its rows reach bronze (flushed every QUARANTINE_FLUSH). A file
+        of more than one piece is spilled to <state_dir>/spill and written from there in one commit. A
+        file found unreadable part way is recorded whole in quarantine and none of its rows are written;
+        one that changed while it was read is left for the next run.
+        """
+        from orchestration.connectors.files import FileChanged, UnreadableFile
+
+        pieces = landing.pieces() if landing.pieces else iter([(landing.rows, landing.rejected)])
+        keys = self.source.primary_key
+        seen, spill = KeySet(), _Spill(self.spill_root)
+        held: list[Rejected] = []
+        good = rejected = 0
+        try:
+            for rows, bad in pieces:
+                piece = Landing(rows=_with_keys(rows, keys), rejected=bad, file=landing.file, checksum=landing.checksum)
+                table, rej = self.prepare(piece, seen=seen)
+                held += rej
+                rejected += len(rej)
+                if len(held) > QUARANTINE_FLUSH:
+                    # keep one back: the last flush says whether the file is done in quarantine
+                    self.quarantine(held[:-1], landing)
+                    held = held[-1:]
+                if table.num_rows:
+                    good += table.num_rows
+                    spill.add(table)
+            self.quarantine(held, landing, file_done=good == 0)
+            if good or landing.file in self.bronze_files:
+                data = spill.data() if good else _with_meta(pa.table({}), self.batch, self.now, landing)
+                lake.overwrite_where(self.uri, data, "_source_file", landing.file)
+        except UnreadableFile as exc:
+            self.refuse(landing, str(exc))
+            return
+        except FileChanged as exc:
+            self.log(f"{self.source.key}: {exc}")
+            return
+        finally:
+            spill.close()
         self.result.files_loaded.append(landing.file)
-        self.written(table.num_rows, table.num_rows, len(rejected), f" from {landing.file}")
+        self.written(good, good, rejected, f" from {landing.file}")
+
+    def refuse(self, landing: Landing, reason: str) -> None:
+        """A file that cannot be read at all: one quarantine record with the reason, and its earlier rows go."""
+        self.result.rows_read += 1
+        self.quarantine([Rejected(landing.file, reason[:1000], landing.file)], landing, file_done=True)
+        if landing.file in self.bronze_files:
+            empty = _with_meta(pa.table({}), self.batch, self.now, landing)
+            lake.overwrite_where(self.uri, empty, "_source_file", landing.file)
+        self.result.files_loaded.append(landing.file)
+        self.written(0, 0, 1, f" from {landing.file} (refused: {reason[:200]})")
 
     def load_upsert(self, landings: list[Landing], drop_identical: bool = False, keep_last: bool = False) -> None:
         """Rows upserted by key (cursor sources, MQTT batches); unchanged rows are not rewritten.
@@ -409,11 +640,11 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
         result.cursor_before = stored_cursor(source, lake.read_table(uri, columns=[col]))
     loaded: set[tuple[str, str]] = set()
     if source.kind == "files":
-        in_bronze = _file_pairs(lake.read_table(uri, columns=["_source_file", "_source_checksum"]))
+        from orchestration.connectors.files import read_options
+
+        in_bronze = _file_pairs(uri)
         loader.bronze_files = {f for f, _ in in_bronze}
-        loaded = in_bronze | _file_pairs(
-            lake.read_table(loader.quri, columns=["_source_file", "_source_checksum", "_file_done"])
-        )
+        loaded = in_bronze | _file_pairs(loader.quri, read_options(source))
     pending: list[Landing] = []
     budget = int(source.get("batch_rows", 50_000))
     for landing in read_source(source, result.cursor_before, loaded):

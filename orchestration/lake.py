@@ -98,8 +98,9 @@ def _sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def overwrite_where(uri: str, data: pa.Table, column: str, value: str) -> None:
-    """Replace the rows whose `column` equals `value` with `data` (the unit a load owns, e.g. one file)."""
+def overwrite_where(uri: str, data: pa.Table | pa.RecordBatchReader, column: str, value: str) -> None:
+    """Replace the rows whose `column` equals `value` with `data` (the unit a load owns, e.g. one file), in one
+    commit; `data` may be a stream of batches (a big file), written without holding it in memory."""
     dt = open_table(uri)
     if dt is None:
         write_deltalake(uri, data, mode="append", storage_options=storage_options(uri))
@@ -179,7 +180,7 @@ def _merge_once(uri: str, data: pa.Table, keys: Sequence[str], compare: Sequence
     )
 
 
-def _evolve_schema(uri: str, dt: DeltaTable, data: pa.Table) -> None:
+def _evolve_schema(uri: str, dt: DeltaTable, data: pa.Table | pa.RecordBatchReader) -> None:
     """Add columns the new data brings (schema drift) before a predicate write, which cannot merge schemas."""
     existing = set(dt.schema().to_arrow().names)
     new = [f for f in data.schema if f.name not in existing]

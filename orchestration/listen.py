@@ -105,8 +105,10 @@ class SourceListener:
         text = message.payload.decode("utf-8", errors="replace")
         try:
             payload = json.loads(text)
-        except json.JSONDecodeError:
-            payload = text  # landed as is; ingestion quarantines it with its reason
+        except (ValueError, RecursionError):
+            # not JSON, or JSON Python cannot hold (nested ~1000 deep, a number of 4300+ digits): landed as
+            # text, ingestion quarantines it with its reason; raising here would stop the listener
+            payload = text
         line = json.dumps(
             {
                 "topic": message.topic,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -263,7 +264,10 @@ def split_rows(suite: dict, table: pa.Table) -> tuple[pa.Table, list[tuple[int, 
     ]
     if not row_level or table.num_rows == 0:
         return table, []
+    whole = table
     reasons: dict[int, str] = {}
+    # only the columns the expectations look at are converted (a wide text table costs much as pandas objects)
+    table = table.select(list(dict.fromkeys(e["kwargs"]["column"] for e in row_level)))
     for start in range(0, table.num_rows, CHUNK_ROWS):
         df = table.slice(start, CHUNK_ROWS).to_pandas()
         df.index = pd.RangeIndex(start, start + len(df))
@@ -272,8 +276,11 @@ def split_rows(suite: dict, table: pa.Table) -> tuple[pa.Table, list[tuple[int, 
         for exp, r in zip(strict, ordered, strict=True):
             for i in (r.result or {}).get("unexpected_index_list") or []:
                 reasons.setdefault(int(i), f"failed {exp['type']}({exp['kwargs'].get('column')})")
-    keep = pa.array([i not in reasons for i in range(table.num_rows)])
-    return table.filter(keep), sorted(reasons.items())
+    if not reasons:
+        return whole, []
+    keep = np.ones(table.num_rows, bool)
+    keep[list(reasons)] = False
+    return whole.filter(keep), sorted(reasons.items())
 
 
 def bronze_suite(source: Source) -> dict:
@@ -323,13 +330,35 @@ def duckdb_batches(database: Path, table: str, chunk_rows: int = CHUNK_ROWS) -> 
         con.close()
 
 
-def delta_batches(uri: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.RecordBatch]:
+def delta_batches(uri: str, chunk_rows: int = CHUNK_ROWS, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A Delta table as Arrow batches, one at a time (no read-ahead: memory stays one chunk), with only
+    `columns` when given (those the table has)."""
     from orchestration.lake import open_table
 
     dt = open_table(uri)
     if dt is None:
         return
-    yield from dt.to_pyarrow_dataset().to_batches(batch_size=chunk_rows)
+    dataset = dt.to_pyarrow_dataset()
+    if columns is not None:
+        columns = [c for c in dict.fromkeys(columns) if c in dataset.schema.names]
+    yield from dataset.to_batches(columns=columns, batch_size=chunk_rows, batch_readahead=0, fragment_readahead=0)
+
+
+#: expectation kwargs that name the columns an expectation reads
+_COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list", "column_set")
+
+
+def suite_columns(suite: dict) -> list[str] | None:
+    """The columns a suite's expectations read, or None when one may read any column (then read them all)."""
+    columns: list[str] = []
+    for exp in suite.get("expectations", []):
+        kind = exp["type"]
+        if not (kind.startswith("expect_column_") or kind == _TOTAL_ROWS):
+            return None
+        for key in _COLUMN_KWARGS:
+            value = exp.get("kwargs", {}).get(key)
+            columns += [value] if isinstance(value, str) else list(value or [])
+    return columns
 
 
 def with_age(batches: Iterator[pa.RecordBatch], column: str, now: pd.Timestamp) -> Iterator[pa.RecordBatch]:

@@ -7,13 +7,17 @@ decided once, in `orchestration.ingest`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from orchestration.config import PII_KEY_ENV, Source
+
+#: a hidden column of file rows: where the row is in its file (path:N), for the location of a rejected
+#: row; it never reaches bronze
+LOCATION = "__citylake_location"
 
 
 @dataclass
@@ -38,13 +42,19 @@ class Landing:
     checksum: str | None = None
     #: called once the landing's rows are committed to bronze (MQTT: move the batch file aside)
     after_commit: Callable[[], None] | None = None
+    #: files: the file's rows in bounded pieces, each with the records it could not read (read lazily,
+    #: once); `rows` is then empty
+    pieces: Callable[[], Iterator[tuple[pa.Table, list[Rejected]]]] | None = None
+    #: files: a fingerprint of how the source reads files (a file refused whole is retried when it changes)
+    options: str | None = None
 
 
-def text_table(records: list[dict[str, Any]]) -> pa.Table:
-    """Records as an all-text Arrow table: semi-structured files land as received, typed in staging."""
+def text_table(records: list[dict[str, Any]], columns: Iterable[str] = ()) -> pa.Table:
+    """Records as an all-text Arrow table: semi-structured files land as received, typed in staging.
+    `columns` come first (all of them, even when no record has them), then any other key, as met."""
     import json
 
-    names: dict[str, None] = {}
+    names: dict[str, None] = dict.fromkeys(columns)
     for r in records:
         names.update(dict.fromkeys(r))
 

@@ -1,17 +1,28 @@
 """File drops (CSV, XLSX, JSON, JSON lines, Parquet) from a folder glob: each file is loaded once.
 
 A file is identified by its path and checksum: an unchanged file is skipped, a re-delivered file with
-new content replaces its earlier rows in bronze. Rows that cannot be read (ragged CSV lines, lines that
-are not JSON) are returned as rejected with the file and line, never dropped.
+new content replaces its earlier rows in bronze. Rows that cannot be read (ragged CSV rows, lines that
+are not JSON) are returned as rejected with the file and row or line, never dropped.
 
 Source keys: path (a local glob, `**` recursing, or an `s3://bucket/prefix/*.csv` glob), format,
-encoding (utf-8-sig: a BOM is accepted), delimiter (","), header (true), sheet (XLSX: default the
-first), records_path (JSON: dotted path to the array). A file that cannot be parsed at all is
-recorded in quarantine with its reason (the agency's drop folder is never modified).
+encoding (utf-8 by default; a BOM is accepted), delimiter (","), header (true), sheet (XLSX: default the
+first), records_path (JSON: dotted path to the array), max_document_mb (JSON: 100). A file that cannot
+be parsed at all is recorded in quarantine with its reason (the agency's drop folder is never modified);
+it is tried again when its content or the source's reading options change.
+
+Bounded memory: a file is read in pieces of about PIECE_ROWS rows (CSV through pyarrow's streaming
+reader, JSON lines line by line, Parquet by record batches, XLSX row by row), so a file of any size
+loads in the same memory; ingest writes all pieces of a file as one Delta commit. A JSON document
+(`format: json`, one array) is parsed whole, so it is refused above `max_document_mb`.
+
+The folder a glob names (its part before the first wildcard) is where its files must be: a file
+reached through a symlink that resolves outside that folder is refused with an error before anything
+is loaded, and `**` does not descend into symlinked folders (no loops, no escape).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import fnmatch
@@ -19,19 +30,48 @@ import glob
 import hashlib
 import io
 import json
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from orchestration.config import Source
-from orchestration.connectors import Landing, Rejected, text_table
+from orchestration.config import Source, glob_base
+from orchestration.connectors import LOCATION, Landing, Rejected, text_table
+
+#: rows per piece: what a file's reader holds at once (ingest keeps one piece in memory)
+PIECE_ROWS = 200_000
+#: pyarrow's CSV block: a single CSV value (or a quote left open) may not exceed it
+CSV_BLOCK = 1 << 20
+MAX_DOCUMENT_MB = 100
+#: a JSON line longer than this refuses its file; a rejected record keeps at most MAX_RECORD characters
+MAX_LINE = 64 << 20
+MAX_RECORD = 10_000
+_CHUNK = 1 << 20
+#: keys that decide how a file is read: a file refused whole is tried again when one of them changes
+READ_KEYS = ("format", "encoding", "delimiter", "header", "sheet", "records_path", "primary_key", "max_document_mb")
+
+Piece = tuple[pa.Table, list[Rejected]]
+
+
+class UnreadableFile(Exception):
+    """A file that cannot be read at all; the message is the reason recorded in quarantine."""
+
+
+class FileChanged(Exception):
+    """The file changed while it was read (still being written?): nothing of it is loaded this time."""
+
+
+class OutsideFolder(ValueError):
+    """A file the glob matched resolves (through a symlink) outside the folder the glob names."""
 
 
 def _s3(uri: str):
     """An S3 filesystem for uri: credentials from the AWS_* environment, AWS_ENDPOINT_URL for S3-compatibles."""
-    import os
-
     from pyarrow import fs
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -41,24 +81,48 @@ def _s3(uri: str):
     return fs.S3FileSystem()
 
 
+def open_stream(path: str):
+    """A binary stream over a local file or an s3:// object (read sequentially)."""
+    if path.startswith("s3://"):
+        return _s3(path).open_input_stream(path.removeprefix("s3://"))
+    return open(path, "rb")
+
+
+def _open_seekable(path: str):
+    """A seekable binary file (Parquet footers, XLSX zip directories)."""
+    if path.startswith("s3://"):
+        return _s3(path).open_input_file(path.removeprefix("s3://"))
+    return open(path, "rb")
+
+
 def read_bytes(path: str) -> bytes:
     """The whole content of a local file or an s3:// object."""
-    if path.startswith("s3://"):
-        with _s3(path).open_input_stream(path.removeprefix("s3://")) as f:
-            return f.read()
-    with open(path, "rb") as f:
+    with open_stream(path) as f:
         return f.read()
 
 
 def checksum(path: str) -> str:
-    """sha256 of a file's content (its identity together with its path)."""
-    return hashlib.sha256(read_bytes(path)).hexdigest()
+    """sha256 of a file's content (its identity together with its path), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open_stream(path) as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stamp(path: str) -> str:
+    """size:mtime of one file (a change between the checksum and the end of the read means it changed)."""
+    if path.startswith("s3://"):
+        info = _s3(path).get_file_info(path.removeprefix("s3://"))
+        return f"{info.size}:{info.mtime_ns}"
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def glob_files(pattern: str) -> list[str]:
     """Files matching a glob, sorted: a local pattern (`**` recurses) or an `s3://bucket/prefix/*.csv` one."""
     if not pattern.startswith("s3://"):
-        return sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        return sorted(p for p in _local_glob(pattern) if Path(p).is_file())
     from pyarrow import fs
 
     bare = pattern.removeprefix("s3://")
@@ -68,6 +132,25 @@ def glob_files(pattern: str) -> list[str]:
     infos = _s3(pattern).get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
     parts = bare.split("/")
     return sorted("s3://" + i.path for i in infos if i.type == fs.FileType.File and _match(parts, i.path.split("/")))
+
+
+def _local_glob(pattern: str) -> list[str]:
+    """glob.glob, except that `**` walks the folder without following symlinked folders (Python's
+    glob follows them: a link to `..` repeats every file forty times, two such links never end)."""
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    base = glob_base(pattern)
+    parts = pattern[len(base) :].strip("/").split("/")
+    found = []
+    for folder, dirs, files in os.walk(base):  # followlinks=False: a symlinked folder is listed, not entered
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith("."):
+                continue
+            full = os.path.join(folder, name)
+            if _match(parts, os.path.relpath(full, base).split(os.sep)):
+                found.append(full)
+    return found
 
 
 def _match(parts: list[str], segments: list[str]) -> bool:
@@ -80,118 +163,435 @@ def _match(parts: list[str], segments: list[str]) -> bool:
 
 
 def list_files(source: Source) -> list[str]:
-    """The files the source's `path` glob matches now."""
-    return glob_files(source.local_path())
+    """The files the source's `path` glob matches now, each inside the folder the glob names.
+
+    Raises OutsideFolder (before anything is read) for a file that is a symlink, or lies under a
+    symlinked folder, resolving outside that folder.
+    """
+    pattern = source.local_path()
+    files = glob_files(pattern)
+    if pattern.startswith("s3://"):
+        return files
+    folder = os.path.realpath(glob_base(pattern))
+    for f in files:
+        real = os.path.realpath(f)
+        if os.path.commonpath([real, folder]) != folder:
+            raise OutsideFolder(
+                f"{source.where}.path: {f} resolves to {real}, outside {folder}, the folder the glob names; "
+                "citylake does not follow links out of a drop folder: copy the file in, or point path: at "
+                "the folder it is really in"
+            )
+    return files
+
+
+def read_options(source: Source) -> str:
+    """A fingerprint of the keys that decide how the source's files are read."""
+    given = {k: source.get(k) for k in READ_KEYS if k != "primary_key"}
+    given["primary_key"] = list(source.primary_key)
+    return hashlib.sha256(json.dumps(given, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_files(source: Source, loaded: set[tuple[str, str]] | None = None) -> Iterator[Landing]:
-    """One Landing per new or changed file matched by the source's glob.
+    """One Landing per new or changed file matched by the source's glob; its rows come in pieces.
 
-    A file that cannot be parsed at all (wrong encoding, not JSON, not a workbook) yields a Landing
-    with no rows and one rejected record naming the file and the reason, so it is recorded in
-    quarantine once and not retried until its content changes.
+    A file that cannot be parsed at all (wrong encoding, not JSON, not a workbook) raises UnreadableFile
+    while its pieces are read; ingest records it in quarantine once, with the reason, and does not try
+    it again until its content (or how the source reads files) changes.
     """
     loaded = loaded or set()
+    options = read_options(source)
     for path in list_files(source):
-        data = read_bytes(path)
-        digest = hashlib.sha256(data).hexdigest()
+        before = _stamp(path)
+        digest = checksum(path)
         if (path, digest) in loaded:
             continue
-        yield parse_file(source, path, data, digest)
+        yield Landing(
+            rows=pa.table({}),
+            file=path,
+            checksum=digest,
+            pieces=lambda p=path, b=before: _checked_pieces(source, p, b),
+            options=options,
+        )
 
 
-def parse_file(source: Source, path: str, data: bytes, digest: str) -> Landing:
-    """One file's content as a Landing (rows and rejects); an unreadable file is one rejected record."""
+def _checked_pieces(source: Source, path: str, before: str) -> Iterator[Piece]:
+    """The file's pieces; raises FileChanged at the end when the file changed since its checksum."""
     try:
-        rows, rejected = _parse(source, path, data)
-    except Exception as exc:  # noqa: BLE001 - any parser's error means the same: record the file, go on
+        yield from _pieces(source, path)
+    except (UnreadableFile, FileChanged):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser's error means the same: the file cannot be read
         reason = f"file could not be parsed as {source.get('format')}: {type(exc).__name__}: {exc}"
-        return Landing(rows=pa.table({}), rejected=[Rejected(path, reason[:1000], path)], file=path, checksum=digest)
-    return Landing(rows=rows, rejected=rejected, file=path, checksum=digest)
+        raise UnreadableFile(reason[:1000]) from None
+    if _stamp(path) != before:
+        raise FileChanged(f"{path} changed while it was read (still being written?); it is read on the next run")
 
 
-def _parse(source: Source, path: str, data: bytes) -> tuple[pa.Table, list[Rejected]]:
+def _pieces(source: Source, path: str) -> Iterator[Piece]:
     fmt = source.get("format")
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(io.BytesIO(data)), []
     if fmt == "csv":
-        return _csv(source, path, data)
-    if fmt == "xlsx":
-        return _xlsx(source, data)
-    text = data.decode(source.get("encoding", "utf-8-sig"), errors="strict")
-    if fmt == "jsonl":
-        return jsonl_records(text, path)
-    body = json.loads(text)
+        yield from _csv_pieces(source, path)
+    elif fmt == "jsonl":
+        yield from _jsonl_pieces(source, path)
+    elif fmt == "parquet":
+        yield from _parquet_pieces(source, path)
+    elif fmt == "xlsx":
+        yield from _xlsx_pieces(source, path)
+    else:
+        yield _json_document(source, path)
+
+
+def _encoding(source: Source) -> str:
+    """The configured encoding's codec name; every spelling of UTF-8 means UTF-8 with an optional BOM."""
+    name = codecs.lookup(source.get("encoding", "utf-8")).name
+    return "utf-8-sig" if name in ("utf-8", "utf-8-sig") else name
+
+
+def _not_text(path: str, encoding: str, exc: UnicodeDecodeError | None = None) -> UnreadableFile:
+    """Where a file stops being `encoding` text: the line and the byte, and what to set."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    line, offset = 1, 0
+    with open_stream(path) as f:
+        while chunk := f.read(_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                line += chunk[: err.start].count(b"\n")
+                byte = chunk[err.start]
+                hint = "set encoding: (e.g. latin-1 or cp1252)" if encoding == "utf-8-sig" else "check encoding:"
+                return UnreadableFile(
+                    f"not {encoding.removesuffix('-sig')} text: line {line} has byte {byte:#04x} "
+                    f"(file offset {offset + err.start}); {hint}"
+                )
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+    return UnreadableFile(f"not {encoding} text: {exc}" if exc else f"not {encoding} text")
+
+
+def _header(names: list[str], path: str) -> list[str]:
+    """Column names as found; an empty one is named column<N>, a repeated one refuses the file."""
+    out, first = [], {}
+    for i, raw in enumerate(names, start=1):
+        name = raw if raw not in ("", None) else f"column{i}"
+        if name in first:
+            raise UnreadableFile(
+                f"the header names column {name!r} twice (columns {first[name]} and {i}); "
+                "rename one so each column can be told apart"
+            )
+        first[name] = i
+        out.append(str(name))
+    return out
+
+
+def _require_keys(source: Source, names: list[str]) -> None:
+    """A file whose header lacks a primary-key column cannot give one record: refused whole, with a hint."""
+    missing = [k for k in source.primary_key if k not in names]
+    if not missing:
+        return
+    hint = "fix primary_key in city.yaml or the file's header"
+    if len(names) == 1:
+        for d in (";", "\t", "|", ","):
+            if d in names[0] and d != source.get("delimiter", ","):
+                hint = f"the header is one column holding {d!r}: is the file {d!r}-separated? set delimiter: {d!r}"
+                break
+    shown = ", ".join(repr(n[:60]) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+    raise UnreadableFile(f"no primary key column {', '.join(map(repr, missing))} in the header ({shown}); {hint}")
+
+
+def _csv_header(source: Source, path: str, encoding: str) -> list[str] | None:
+    """The first record of a CSV (None: the file is empty), read from at most its first CSV_BLOCK bytes."""
+    with open_stream(path) as f:
+        head = f.read(CSV_BLOCK)
+    if not head.strip():
+        return None
+    try:
+        text = codecs.getincrementaldecoder(encoding)(errors="strict").decode(head, final=len(head) < CSV_BLOCK)
+    except UnicodeDecodeError as exc:
+        raise _not_text(path, encoding, exc) from None
+    if len(head) == CSV_BLOCK and "\n" not in text:
+        raise UnreadableFile(f"the first line is longer than {CSV_BLOCK} bytes: not a CSV header")
+    try:
+        first = next(csv.reader(io.StringIO(text, newline=""), delimiter=source.get("delimiter", ",")), [])
+    except csv.Error as exc:
+        raise UnreadableFile(f"the header line cannot be read as CSV: {exc}") from None
+    if not first:
+        raise UnreadableFile("the first line is blank: the header must be the file's first line")
+    return first
+
+
+class _WithTail(io.RawIOBase):
+    """A binary stream with bytes appended after its end (the CSV end-of-file sentinel)."""
+
+    def __init__(self, raw, tail: bytes) -> None:
+        self.raw, self.tail = raw, tail
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if not data and self.tail:
+            data, self.tail = self.tail[: max(size, 0) or None], self.tail[max(size, 0) or len(self.tail) :]
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _RowNumbers:
+    """Record numbers of a CSV's valid rows, from the numbers pyarrow gives its invalid rows: the valid
+    rows fill the numbers in between, in order (header = 1)."""
+
+    def __init__(self, first: int) -> None:
+        self.first, self.valid, self.skipped = first, 0, 0
+        self.invalid: list[int] = []
+
+    def take(self, n: int) -> np.ndarray:
+        v = np.arange(self.valid, self.valid + n)
+        # valid rows before each pending invalid row; those all before this batch count once and go
+        gaps = np.asarray(self.invalid, dtype=np.int64) - self.first - self.skipped - np.arange(len(self.invalid))
+        behind = int(np.searchsorted(gaps, self.valid, side="left"))
+        self.skipped += behind
+        del self.invalid[:behind]
+        gaps = gaps[behind:] - behind
+        rows = v + self.first + self.skipped + np.searchsorted(gaps, v, side="right")
+        self.valid += n
+        return rows
+
+
+def _with_location(table: pa.Table, path: str, rows: np.ndarray) -> pa.Table:
+    """`table` with each row's place in its file (path:N), used for the location of a rejected row."""
+    where = pc.binary_join_element_wise(pa.scalar(path), pc.cast(pa.array(rows), pa.string()), ":")
+    return table.append_column(LOCATION, where)
+
+
+def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
+    """CSV through pyarrow's streaming reader, every column as text; ragged rows are rejected with their
+    row number (the header is row 1; a quoted value spanning lines counts once; blank lines not at all).
+
+    A sentinel record is read after the file's end: when a quote left open swallowed the rest of the
+    file, the sentinel is inside the record that swallowed it, which is rejected instead of landing
+    with the following rows as its text."""
+    import pyarrow.csv as pcsv
+
+    encoding = _encoding(source)
+    first = _csv_header(source, path, encoding)
+    if first is None:
+        raise UnreadableFile("empty file: no header line and no rows")
+    header = bool(source.get("header", True))
+    names = _header(first, path) if header else [f"column{i + 1}" for i in range(len(first))]
+    if header:
+        _require_keys(source, names)
+    delimiter = source.get("delimiter", ",")
+    sentinel = f"citylake-end-{secrets.token_hex(8)}"
+    codec = "utf-8" if encoding == "utf-8-sig" else encoding
+    end = "\n" + delimiter.join([sentinel] * len(names))
+    tail = b"" if codec.startswith(("utf-16", "utf-32")) else end.encode(codec)
+    rejected: list[Rejected] = []
+    numbers = _RowNumbers(2 if header else 1)
+
+    def invalid(row) -> str:
+        if row.number is not None:
+            numbers.invalid.append(row.number)
+        if row.text.strip():
+            record = row.text if len(row.text) <= MAX_RECORD else row.text[:MAX_RECORD] + "...(cut)"
+            rejected.append(
+                Rejected(
+                    record, f"expected {row.expected_columns} fields, got {row.actual_columns}", f"{path}:{row.number}"
+                )
+            )
+        elif row.number is not None:
+            numbers.invalid.pop()  # a blank-looking line: not a record
+        return "skip"
+
+    stream = _WithTail(open_stream(path), tail)
+    reader = None
+    held: list[pa.Table] = []  # the latest batch stays back: the end-of-file check may need to change it
+    rows = done = 0
+    seen_sentinel = not tail
+    try:
+        reader = pcsv.open_csv(
+            stream,
+            read_options=pcsv.ReadOptions(
+                use_threads=False,  # row numbers are only known to a single-threaded reader
+                block_size=CSV_BLOCK,
+                column_names=names,
+                skip_rows=1 if header else 0,
+                encoding="utf8" if encoding == "utf-8-sig" else encoding,
+            ),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=invalid),
+            convert_options=pcsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
+            ),
+        )
+        for batch in reader:
+            table = _with_location(pa.Table.from_batches([batch]), path, numbers.take(batch.num_rows))
+            if not seen_sentinel and table.num_rows and table.column(0)[-1].as_py() == sentinel:
+                table, seen_sentinel = table.slice(0, table.num_rows - 1), True
+            held.append(table)
+            rows += table.num_rows
+            if rows - held[-1].num_rows >= PIECE_ROWS or len(rejected) >= PIECE_ROWS:
+                piece = pa.concat_tables(held[:-1]) if len(held) > 1 else table.schema.empty_table()
+                yield piece, rejected[:]
+                done += piece.num_rows + len(rejected)
+                held, rows = held[-1:], held[-1].num_rows
+                rejected.clear()
+    except UnicodeDecodeError as exc:
+        raise _not_text(path, encoding, exc) from None
+    except pa.ArrowInvalid as exc:
+        message = str(exc)
+        if "utf8" in message.lower() or "utf-8" in message.lower():
+            raise _not_text(path, encoding) from None
+        if "straddl" in message or "out of sync" in message:
+            raise UnreadableFile(
+                f"a quoted value runs on for more than {CSV_BLOCK} bytes after about row {done + rows + 1} "
+                "(a quote left open?); fix the quoting in the file"
+            ) from None
+        raise
+    finally:
+        if reader is not None:
+            reader.close()
+        stream.close()
+    last = pa.concat_tables(held) if held else pa.table({n: pa.array([], pa.string()) for n in [*names, LOCATION]})
+    if not seen_sentinel:
+        last, rejected = _open_quote(last, rejected, sentinel)
+    if last.num_rows or rejected:
+        yield last, rejected
+
+
+def _open_quote(last: pa.Table, rejected: list[Rejected], sentinel: str) -> tuple[pa.Table, list[Rejected]]:
+    """The file ended inside a quoted value: the record holding the sentinel swallowed the rest of the file."""
+    reason = "a quote opened in this record is never closed: the rest of the file was read into it"
+    if rejected and sentinel in rejected[-1].record:
+        rejected[-1].record = rejected[-1].record.split("\n" + sentinel)[0].split(sentinel)[0]
+        rejected[-1].reason = f"{reason} ({rejected[-1].reason})"
+        return last, rejected
+    if last.num_rows:
+        row = last.slice(last.num_rows - 1).to_pylist()[0]
+        where = row.pop(LOCATION)
+        cut = {k: (v.split(sentinel)[0].rstrip("\n") if isinstance(v, str) else v) for k, v in row.items()}
+        record = json.dumps(cut, sort_keys=True)
+        rejected.append(Rejected(record[:MAX_RECORD], reason, where))
+        return last.slice(0, last.num_rows - 1), rejected
+    return last, rejected
+
+
+def _json_error(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read (JSON nested more than about 900 levels)"
+    if "integer string conversion" in str(exc):
+        return "not readable JSON: a number of more than 4300 digits"
+    return f"not readable JSON: {exc}"
+
+
+def jsonl_records(lines: Iterator[tuple[int, str]], path: str) -> tuple[list[dict], list[Rejected]]:
+    """JSON lines (numbered) as records; a line that is not a JSON object is rejected with its line number."""
+    records, rejected = [], []
+    for n, line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            record = line if len(line) <= MAX_RECORD else line[:MAX_RECORD] + "...(cut)"
+            rejected.append(Rejected(record, _json_error(exc), f"{path}:{n}"))
+            continue
+        if isinstance(obj, dict):
+            obj[LOCATION] = f"{path}:{n}"
+            records.append(obj)
+        else:
+            rejected.append(Rejected(line[:MAX_RECORD], "a JSON line must be an object", f"{path}:{n}"))
+    return records, rejected
+
+
+def _lines(source: Source, path: str) -> Iterator[list[tuple[int, str]]]:
+    """The file's lines (split at \\n only), numbered from 1, in lists of PIECE_ROWS; a line longer than
+    MAX_LINE bytes refuses the file rather than filling memory."""
+    encoding = _encoding(source)
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    n, piece, tail = 0, [], ""
+    with open_stream(path) as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            try:
+                text = tail + decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                raise _not_text(path, encoding, exc) from None
+            lines = text.split("\n")
+            tail = lines.pop() if chunk else ""
+            if len(tail) > MAX_LINE:
+                raise UnreadableFile(f"line {n + len(lines) + 1} is longer than {MAX_LINE} characters: not JSON lines")
+            for line in lines:
+                n += 1
+                piece.append((n, line.removesuffix("\r")))
+                if len(piece) >= PIECE_ROWS:
+                    yield piece
+                    piece = []
+            if not chunk:
+                break
+    if piece:
+        yield piece
+
+
+def _jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
+    for lines in _lines(source, path):
+        records, rejected = jsonl_records(iter(lines), path)
+        yield text_table(records), rejected
+
+
+def _json_document(source: Source, path: str) -> Piece:
+    limit = source.get("max_document_mb", MAX_DOCUMENT_MB)
+    size = int(_stamp(path).split(":")[0])
+    if size > limit * (1 << 20):
+        raise UnreadableFile(
+            f"a JSON document of {size / (1 << 20):.0f} MB is parsed whole and max_document_mb is {limit}; "
+            "deliver JSON lines (format: jsonl), or raise max_document_mb"
+        )
+    try:
+        text = read_bytes(path).decode(_encoding(source), errors="strict")
+    except UnicodeDecodeError as exc:
+        raise _not_text(path, _encoding(source), exc) from None
+    try:
+        body: Any = json.loads(text)
+    except RecursionError:
+        raise UnreadableFile(_json_error(RecursionError())) from None
     for part in (source.get("records_path") or "").split(".") if source.get("records_path") else []:
         body = body.get(part, None) if isinstance(body, dict) else None
     if not isinstance(body, list):
-        raise ValueError(f"{source.where}: {path} holds no JSON array of records; set records_path")
-    good = [r for r in body if isinstance(r, dict)]
+        raise UnreadableFile(f"{source.where}: {path} holds no JSON array of records; set records_path")
+    good = [{**r, LOCATION: f"{path} item {i}"} for i, r in enumerate(body) if isinstance(r, dict)]
     bad = [
-        Rejected(json.dumps(r), "not a JSON object", f"{path} item {i}")
+        Rejected(json.dumps(r)[:MAX_RECORD], "not a JSON object", f"{path} item {i}")
         for i, r in enumerate(body)
         if not isinstance(r, dict)
     ]
     return text_table(good), bad
 
 
-def jsonl_records(text: str, path: str) -> tuple[pa.Table, list[Rejected]]:
-    """JSON lines as an all-text table; a line that is not a JSON object is rejected with its line number."""
-    records, rejected = [], []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rejected.append(Rejected(line, f"not valid JSON: {exc.msg} at column {exc.colno}", f"{path}:{n}"))
-            continue
-        if isinstance(obj, dict):
-            records.append(obj)
-        else:
-            rejected.append(Rejected(line, "a JSON line must be an object", f"{path}:{n}"))
-    return text_table(records), rejected
+def _parquet_pieces(source: Source, path: str) -> Iterator[Piece]:
+    import pyarrow.parquet as pq
+
+    with _open_seekable(path) as f:
+        pf = pq.ParquetFile(f)
+        names = _header(pf.schema_arrow.names, path)
+        _require_keys(source, names)
+        done = 0
+        for batch in pf.iter_batches(batch_size=PIECE_ROWS):
+            rows = np.arange(done + 1, done + batch.num_rows + 1)
+            done += batch.num_rows
+            yield _with_location(pa.Table.from_batches([batch]), path, rows), []
 
 
-def _csv(source: Source, path: str, data: bytes) -> tuple[pa.Table, list[Rejected]]:
-    delimiter = source.get("delimiter", ",")
-    text = data.decode(source.get("encoding", "utf-8-sig"), errors="strict")
-    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
-    if not rows:
-        return pa.table({}), []
-    if source.get("header", True):
-        header, body, first = rows[0], rows[1:], 2
-    else:
-        header, body, first = [f"column{i + 1}" for i in range(len(rows[0]))], rows, 1
-    good: list[list[str]] = []
-    rejected: list[Rejected] = []
-    for n, row in enumerate(body, start=first):
-        if len(row) == len(header):
-            good.append(row)
-        elif any(cell.strip() for cell in row):
-            buf = io.StringIO()
-            csv.writer(buf, delimiter=delimiter).writerow(row)
-            rejected.append(
-                Rejected(buf.getvalue().strip(), f"expected {len(header)} fields, got {len(row)}", f"{path}:{n}")
-            )
-    columns = {h: pa.array([r[i] if r[i] != "" else None for r in good], pa.string()) for i, h in enumerate(header)}
-    return pa.table(columns), rejected
-
-
-def _xlsx(source: Source, data: bytes) -> tuple[pa.Table, list[Rejected]]:
+def _xlsx_pieces(source: Source, path: str) -> Iterator[Piece]:
     from openpyxl import load_workbook
-
-    wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    try:
-        ws = wb[source.get("sheet")] if source.get("sheet") else wb.worksheets[0]
-        rows = list(ws.iter_rows(values_only=True))
-    finally:
-        wb.close()
-    if not rows:
-        return pa.table({}), []
-    header = [str(h) for h in rows[0]]
 
     def cell(v: object) -> object:
         # Excel has no date type: a midnight datetime is a date cell
@@ -199,8 +599,26 @@ def _xlsx(source: Source, data: bytes) -> tuple[pa.Table, list[Rejected]]:
             return v.date()
         return v
 
-    records = [dict(zip(header, map(cell, r), strict=False)) for r in rows[1:] if any(v is not None for v in r)]
-    return text_table(records), []
+    with _open_seekable(path) as f:
+        wb = load_workbook(f, read_only=True, data_only=True)
+        try:
+            ws = wb[source.get("sheet")] if source.get("sheet") else wb.worksheets[0]
+            rows = ws.iter_rows(values_only=True)
+            first = next(rows, None)
+            if first is None:
+                return
+            header = _header(["" if h is None else str(h) for h in first], path)
+            _require_keys(source, header)
+            records: list[dict] = []
+            for n, r in enumerate(rows, start=2):
+                if any(v is not None for v in r):
+                    records.append({**dict(zip(header, map(cell, r), strict=False)), LOCATION: f"{path}:{n}"})
+                if len(records) >= PIECE_ROWS:
+                    yield text_table(records, header), []
+                    records = []
+            yield text_table(records, header), []
+        finally:
+            wb.close()
 
 
 def file_stamps(pattern: str) -> dict[str, str]:

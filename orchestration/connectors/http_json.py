@@ -65,8 +65,10 @@ def _get(url: str, shown: str, headers: dict[str, str], source: Source) -> tuple
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             # HTTPException covers IncompleteRead: the server closed mid-body (a truncated page)
             last = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of 4300+ digits
             last = f"a truncated or non-JSON body ({exc})"
+        except RecursionError:
+            last = "a JSON body nested too deeply to read (more than about 900 levels)"
         if attempt < retries:
             time.sleep(max(wait, min(30.0, backoff * 2**attempt) * (0.5 + random.random())))
     raise SourceUnavailable(f"{source.where}: {shown} failed after {retries + 1} tries; last error: {last}")

@@ -68,7 +68,7 @@ def read_mqtt_batches(source: Source) -> Iterator[Landing]:
             try:
                 envelope = json.loads(line)
                 payload = envelope["payload"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            except (ValueError, RecursionError, KeyError, TypeError) as exc:
                 rejected.append(Rejected(line, f"not a citylake batch line: {exc}", f"{path}:{n}"))
                 continue
             if isinstance(payload, dict):

@@ -38,6 +38,7 @@ from orchestration.quality import (
     fill,
     guarded_models,
     min_rows,
+    suite_columns,
     suite_path,
     validate_batches,
     with_age,
@@ -162,7 +163,12 @@ def bronze_check(source: Source) -> dg.AssetChecksDefinition:
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         max_drop = float((source.get("volume") or {}).get("max_drop", DEFAULT_MAX_DROP))
         suite, volume = with_volume(fill(bronze_suite(source), substitutions(), ".".join(key)), key, max_drop)
-        batches = delta_batches(bronze_uri(city(), source.agency, source.name))
+        # only the columns the suite reads (and the key, to show offending rows): a wide table is not held
+        # whole as pandas objects
+        columns = suite_columns(suite)
+        if columns is not None:
+            columns += [*source.primary_key, *([source.get("freshness")["column"]] if source.get("freshness") else [])]
+        batches = delta_batches(bronze_uri(city(), source.agency, source.name), columns=columns)
         if source.get("freshness"):
             batches = with_age(batches, source.get("freshness")["column"], pd.Timestamp(dt.datetime.now(dt.UTC)))
         outcome = validate_batches(suite, batches)
