@@ -135,9 +135,7 @@ def generate(config: str | None, scale: float, days: int, start: dt.datetime, se
     )
 
 
-def run_assets(
-    cfg: CityConfig, select: str | None, first: dt.date | None = None, last: dt.date | None = None
-) -> bool:
+def run_assets(cfg: CityConfig, select: str | None, first: dt.date | None = None, last: dt.date | None = None) -> bool:
     """Materialize the selection (everything when None) through Dagster, recorded in DAGSTER_HOME.
 
     The daily-partitioned assets rebuild the days first..last in one run. With no days named, the

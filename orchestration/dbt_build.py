@@ -161,6 +161,9 @@ def render_staging(source: Source) -> str:
             f"case when {raw} is not null and trim({raw}) <> '' and {readable} is null "
             f"then '{c.name}: cannot read ''' || {raw} || ''' as {c.type.lower()}' end"
         )
+        if c.type == "DOUBLE":
+            # 'NaN' and 'Infinity' read as doubles; NaN compares above every number in DuckDB
+            reasons.append(f"case when isnan({c.name}) or isinf({c.name}) then '{c.name} is not a finite number' end")
         if c.min is not None or c.max is not None:
             lo = "-inf" if c.min is None else repr(c.min)
             hi = "inf" if c.max is None else repr(c.max)

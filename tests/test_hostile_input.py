@@ -790,3 +790,62 @@ def test_an_api_answering_json_python_cannot_hold_fails_naming_the_source(tmp_pa
         assert lake.open_table(lake.bronze_uri(cfg, "agency", "api")) is None
     finally:
         server.shutdown()
+
+
+# --- and downstream: the staging models hold the values back, each with its reason ---------------------------
+
+
+def test_hostile_values_are_quarantined_downstream_with_their_reason(tmp_path):
+    """NaN, infinity and impossible times land in bronze as received (above); the generated staging models
+    hold them back from the facts, each named in quarantine_records, and the run does not break on them."""
+    import datetime as dt
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    import duckdb
+
+    from orchestration.reference_city import generate
+    from tests.conftest import citylake, write_city_config
+
+    city_dir = tmp_path / "riverton"
+    generate(city_dir, scale=0.1, days=3, start=date(2025, 3, 1), seed=3)
+    (city_dir / "landing" / "energy" / "hostile.csv").write_text(
+        "meter_id,month,kwh,sector,district_code\n"
+        "NAN1,2025-03,NaN,residential,D01\nINF1,2025-03,Infinity,residential,D01\nNEG1,2025-03,-inf,residential,D01\n"
+    )
+    line = {"pm25_ugm3": 9.0, "pm10_ugm3": 12.0, "no2_ugm3": 20.0, "o3_ugm3": 30.0}
+    line.update(latitude=38.7, longitude=-90.3)
+    times = {"FUTURE": "2999-01-01T00:00:00Z", "OLD": "1850-06-01T12:00:00Z", "HUGE": "294247-01-10 04:00:54"}
+    (city_dir / "landing" / "air" / "vendor_b" / "hostile.jsonl").write_text(
+        "".join(json.dumps({**line, "station_id": s, "observed_at": t}) + "\n" for s, t in times.items())
+    )
+    config = write_city_config(tmp_path, city_dir, tmp_path / "lake")
+    # the history in the first partition (yesterday), the future in today's: a run over two days
+    cfg = yaml.safe_load(config.read_text())
+    cfg["partitions"] = {"start": (dt.datetime.now(ZoneInfo("America/Chicago")).date() - dt.timedelta(days=1))}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    citylake("run", config=config, check=False)
+    con = duckdb.connect(str(tmp_path / "state" / "warehouse.duckdb"), read_only=True)
+    try:
+        held = dict(
+            con.execute(
+                "select split_part(record_key, '|', 1), reject_reason from quarantine_records "
+                "where split_part(record_key, '|', 1) in ('NAN1', 'INF1', 'NEG1', 'FUTURE', 'OLD', 'HUGE')"
+            ).fetchall()
+        )
+        facts = (
+            con.execute(
+                "select count(*) from fct_energy_consumption where meter_id in ('NAN1', 'INF1', 'NEG1')"
+            ).fetchone()[0]
+            + con.execute(
+                "select count(*) from fct_air_quality_observations where station_id in ('FUTURE', 'OLD', 'HUGE')"
+            ).fetchone()[0]
+        )
+    finally:
+        con.close()
+    assert facts == 0
+    assert held["NAN1"] == "kwh is not a finite number" and held["INF1"] == held["NAN1"]
+    assert held["NEG1"].startswith("kwh is not a finite number") or held["NEG1"].startswith("kwh out of range")
+    assert held["FUTURE"] == "observed_at 2999-01-01 is in the future"
+    assert held["OLD"] == "observed_at 1850-06-01 is before 1900"
+    assert held["HUGE"] == "observed_at: cannot read '294247-01-10 04:00:54' as timestamptz"

@@ -6,7 +6,9 @@
     case
         when regexp_matches({{ raw }}, '\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)? ?(Z|[+-]\d\d(:?\d\d)?)$')
             then try_cast({{ raw }} as timestamptz)
-        else try_cast({{ raw }} as timestamp) at time zone '{{ timezone }}'
+        -- (a wall time near DuckDB's limits would overflow the zone conversion: read as unreadable)
+        when year(try_cast({{ raw }} as timestamp)) between 1 and 9999
+            then try_cast({{ raw }} as timestamp) at time zone '{{ timezone }}'
     end
 {%- endmacro %}
 
