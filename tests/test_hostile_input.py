@@ -704,6 +704,7 @@ def test_a_2gb_csv_loads_through_citylake_run_in_one_commit_with_bounded_memory(
             (f"big.csv:{n + 2}", "duplicate primary key 0000000000 in one load (first kept)"),
             (f"big.csv:{n + 3}", "expected 5 fields, got 2"),
         ]
+        print(f"{data.stat().st_size / GIB:.2f} GiB CSV, {n} rows: peak RSS {peak / GIB:.2f} GiB")
         assert peak < 1.5 * GIB, f"peak RSS {peak / GIB:.2f} GiB"
     finally:
         data.unlink(missing_ok=True)
@@ -715,8 +716,9 @@ def test_a_2gb_csv_loads_through_citylake_run_in_one_commit_with_bounded_memory(
 @pytest.mark.usefixtures("broker")
 def test_a_poison_mqtt_payload_neither_stops_the_listener_nor_the_load(tmp_path):
     """JSON nested 10 000 levels, or a 5000-digit number, used to raise out of the listener's message
-    callback (not a JSONDecodeError): the listener died before acknowledging, got it again on restart,
-    and died again. Now each lands as text and is quarantined at ingestion; the readings around it load."""
+    callback (not a JSONDecodeError): that message and every later one were never landed (the listener
+    kept running, landing nothing). Now each lands as text and is quarantined at ingestion; the readings
+    around it load."""
     prefix = f"citylake-test/{uuid.uuid4().hex[:8]}"
     landing = tmp_path / "landing"
     config = city_yaml(

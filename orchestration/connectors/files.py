@@ -10,7 +10,7 @@ first), records_path (JSON: dotted path to the array), max_document_mb (JSON: 10
 be parsed at all is recorded in quarantine with its reason (the agency's drop folder is never modified);
 it is tried again when its content or the source's reading options change.
 
-Bounded memory: a file is read in pieces of about PIECE_ROWS rows (CSV through pyarrow's streaming
+Bounded memory: a file is read in pieces of PIECE_ROWS rows or PIECE_BYTES (CSV through pyarrow's streaming
 reader, JSON lines line by line, Parquet by record batches, XLSX row by row), so a file of any size
 loads in the same memory; ingest writes all pieces of a file as one Delta commit. A JSON document
 (`format: json`, one array) is parsed whole, so it is refused above `max_document_mb`.
@@ -43,8 +43,10 @@ import pyarrow.compute as pc
 from orchestration.config import Source, glob_base
 from orchestration.connectors import LOCATION, Landing, Rejected, text_table
 
-#: rows per piece: what a file's reader holds at once (ingest keeps one piece in memory)
+#: a piece is at most this many rows or (CSV, JSON lines) about this many bytes: what a file's reader
+#: hands ingest at once (ingest holds one piece, and its copies, in memory)
 PIECE_ROWS = 200_000
+PIECE_BYTES = 32 << 20
 #: pyarrow's CSV block: a single CSV value (or a quote left open) may not exceed it
 CSV_BLOCK = 1 << 20
 MAX_DOCUMENT_MB = 100
@@ -201,8 +203,11 @@ def read_files(source: Source, loaded: set[tuple[str, str]] | None = None) -> It
     loaded = loaded or set()
     options = read_options(source)
     for path in list_files(source):
-        before = _stamp(path)
-        digest = checksum(path)
+        try:
+            before = _stamp(path)
+            digest = checksum(path)
+        except FileNotFoundError:
+            continue  # moved away since the glob listed it: nothing to load
         if (path, digest) in loaded:
             continue
         yield Landing(
@@ -218,8 +223,12 @@ def _checked_pieces(source: Source, path: str, before: str) -> Iterator[Piece]:
     """The file's pieces; raises FileChanged at the end when the file changed since its checksum."""
     try:
         yield from _pieces(source, path)
-    except (UnreadableFile, FileChanged):
+    except (UnreadableFile, FileChanged, MemoryError):
         raise
+    except FileNotFoundError:
+        raise FileChanged(f"{path} went away while it was read; nothing of it is loaded") from None
+    except OSError:
+        raise  # the disk or the network failed, not the file: the load fails and the next run tries again
     except Exception as exc:  # noqa: BLE001 - any parser's error means the same: the file cannot be read
         reason = f"file could not be parsed as {source.get('format')}: {type(exc).__name__}: {exc}"
         raise UnreadableFile(reason[:1000]) from None
@@ -413,7 +422,7 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
     stream = _WithTail(open_stream(path), tail)
     reader = None
     held: list[pa.Table] = []  # the latest batch stays back: the end-of-file check may need to change it
-    rows = done = 0
+    rows = done = size = 0
     seen_sentinel = not tail
     try:
         reader = pcsv.open_csv(
@@ -436,11 +445,16 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
                 table, seen_sentinel = table.slice(0, table.num_rows - 1), True
             held.append(table)
             rows += table.num_rows
-            if rows - held[-1].num_rows >= PIECE_ROWS or len(rejected) >= PIECE_ROWS:
+            size += table.nbytes
+            if (
+                rows - held[-1].num_rows >= PIECE_ROWS
+                or size - held[-1].nbytes >= PIECE_BYTES
+                or len(rejected) >= PIECE_ROWS
+            ):
                 piece = pa.concat_tables(held[:-1]) if len(held) > 1 else table.schema.empty_table()
                 yield piece, rejected[:]
                 done += piece.num_rows + len(rejected)
-                held, rows = held[-1:], held[-1].num_rows
+                held, rows, size = held[-1:], held[-1].num_rows, held[-1].nbytes
                 rejected.clear()
     except UnicodeDecodeError as exc:
         raise _not_text(path, encoding, exc) from None
@@ -517,7 +531,7 @@ def _lines(source: Source, path: str) -> Iterator[list[tuple[int, str]]]:
     MAX_LINE bytes refuses the file rather than filling memory."""
     encoding = _encoding(source)
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    n, piece, tail = 0, [], ""
+    n, piece, tail, chars = 0, [], "", 0
     with open_stream(path) as f:
         while True:
             chunk = f.read(_CHUNK)
@@ -532,9 +546,10 @@ def _lines(source: Source, path: str) -> Iterator[list[tuple[int, str]]]:
             for line in lines:
                 n += 1
                 piece.append((n, line.removesuffix("\r")))
-                if len(piece) >= PIECE_ROWS:
+                chars += len(line)
+                if len(piece) >= PIECE_ROWS or chars >= PIECE_BYTES:
                     yield piece
-                    piece = []
+                    piece, chars = [], 0
             if not chunk:
                 break
     if piece:
