@@ -214,3 +214,23 @@ def test_running_twice_duplicates_nothing(city_run: CityRun, second_run: dict) -
     pd.testing.assert_frame_equal(
         second_run["indicators"].sort_values(KEY).reset_index(drop=True), again.sort_values(KEY).reset_index(drop=True)
     )
+
+
+def test_assets_show_schema_preview_and_partition_range_in_the_ui(city_run: CityRun, monkeypatch) -> None:
+    """What the Dagster UI shows: a bronze table's schema and first rows; the days a daily asset was built for."""
+    import dagster as dg
+
+    monkeypatch.setenv("DAGSTER_HOME", str(city_run.state / "dagster"))
+    with dg.DagsterInstance.get() as instance:
+        bronze = instance.get_latest_materialization_event(dg.AssetKey(["bronze", "transport", "ridership"]))
+        fact = instance.get_latest_materialization_event(dg.AssetKey(["conformed", "fct_transit_ridership"]))
+    meta = bronze.asset_materialization.metadata
+    columns = [c.name for c in meta["dagster/column_schema"].value.columns]
+    assert {"stop_id", "service_date", "boardings", "_ingested_at", "_batch"} <= set(columns)
+    preview = meta["preview"].value.splitlines()
+    assert preview[0].startswith("| stop_id") and len(preview) == 2 + 5
+    assert meta["delta_version"].value >= 0 and meta["dagster/row_count"].value > 0
+    first, last = fact.asset_materialization.metadata["partition_range"].value.split("..")
+    # the run covered every day the data has (a day of margin each side), history from partitions.start
+    assert first <= "2025-01-20" and last >= "2025-03-20"
+    assert fact.asset_materialization.partition is not None

@@ -8,7 +8,24 @@ import dagster as dg
 from orchestration.city import city
 from orchestration.config import Source
 from orchestration.ingest import ingest
-from orchestration.lake import bronze_uri
+from orchestration.lake import bronze_uri, open_table
+
+
+def table_metadata(uri: str, rows: int = 5) -> dict[str, dg.MetadataValue]:
+    """What the UI shows of a Delta table: its schema and its first rows."""
+    table = open_table(uri)
+    if table is None:
+        return {}
+    dataset = table.to_pyarrow_dataset()
+    schema = dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in dataset.schema])
+    head = dataset.head(rows).to_pylist()
+    cells = [[str(v)[:60].replace("|", "\\|").replace("\n", " ") for v in r.values()] for r in head]
+    lines = ["| " + " | ".join(dataset.schema.names) + " |", "|" + " --- |" * len(dataset.schema.names)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    return {
+        "dagster/column_schema": dg.MetadataValue.table_schema(schema),
+        "preview": dg.MetadataValue.md("\n".join(lines)),
+    }
 
 
 def bronze_asset(source: Source) -> dg.AssetsDefinition:
@@ -29,6 +46,7 @@ def bronze_asset(source: Source) -> dg.AssetsDefinition:
         result = ingest(city(), source, context.run_id, log=context.log.info)
         return dg.MaterializeResult(
             metadata={
+                **table_metadata(bronze_uri(city(), source.agency, source.name)),
                 "dagster/row_count": result.row_count,
                 "rows_read": result.rows_read,
                 "rows_written": result.rows_written,

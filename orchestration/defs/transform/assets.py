@@ -71,7 +71,14 @@ def dbt_reference(context: dg.AssetExecutionContext, dbt: DbtCliResource):
 )
 def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """Rebuild the days of the run's partition window (one dbt build for a whole range)."""
-    yield from dbt.cli(["build", "--vars", json.dumps(window_vars(context))], context=context).stream()
+    days = window_vars(context)
+    window = f"{days['min_date']}..{days['max_date']}"
+    for event in dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream():
+        yield (
+            event.with_metadata({**event.metadata, "partition_range": window})
+            if isinstance(event, dg.Output)
+            else event
+        )
 
 
 @dbt_assets(name="dbt_from_facts", exclude=f"+{DAILY}", pool="warehouse", **common)
