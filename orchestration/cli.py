@@ -203,7 +203,11 @@ def run_assets(cfg: CityConfig, select: str | None, first: dt.date | None = None
         ok, failed = True, set()
         if before:
             ok, failed = execute(before, {})
-        blocked = set(dg.AssetSelection.assets(*failed).downstream().resolve(graph)) if failed else set()
+        # what a failed bronze gate guards; publication is one step, so it goes whole
+        blocked = set()
+        if failed:
+            guarded = dg.AssetSelection.assets(*failed).downstream().required_multi_asset_neighbors()
+            blocked = set(guarded.resolve(graph))
         rest = keys - before - blocked
         if not rest:
             return ok
