@@ -172,7 +172,9 @@ def test_sinks_config_is_validated_with_the_key_and_the_fix(city_run: CityRun, t
     cases = {
         "sinks.bigquery: unknown sink; use one of postgres": {"bigquery": {"dsn": "x"}},
         "sinks.postgres.dsn is missing: the connection string, e.g. dsn: ${CITYLAKE_PG_DSN}": {"postgres": {}},
-        "sinks.postgres.schema: use a lower_snake_case name": {"postgres": {"dsn": "x", "schema": "Drop Table"}},
+        "sinks.postgres.schema: a PostgreSQL name, lower_snake_case": {
+            "postgres": {"dsn": "x", "schema": "Drop Table"}
+        },
         "sinks.postgres.table: unknown key": {"postgres": {"dsn": "x", "table": "t"}},
         "sinks must be a mapping": ["postgres"],
     }
