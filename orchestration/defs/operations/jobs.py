@@ -92,13 +92,16 @@ def conform_new_loads(context: dg.SensorEvaluationContext) -> dg.SensorResult | 
     cursor = int(context.cursor) if context.cursor else None
     loads = []
     for source in city().sources:
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey(["bronze", source.agency, source.name]), after_storage_id=cursor
-            ),
-            limit=100,
-        ).records
-        loads += [(r.storage_id, source, r.run_id) for r in records]
+        # every load since the cursor, oldest first, page by page: none may be skipped
+        records_filter = dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(["bronze", source.agency, source.name]), after_storage_id=cursor
+        )
+        page = None
+        while page is None or page.has_more:
+            page = context.instance.fetch_materializations(
+                records_filter, limit=500, cursor=page.cursor if page else None, ascending=True
+            )
+            loads += [(r.storage_id, source, r.run_id) for r in page.records]
     if cursor is None:  # first tick: what was loaded before the sensor existed was conformed by its own runs
         newest = max((storage_id for storage_id, _, _ in loads), default=0)
         return dg.SensorResult(cursor=str(newest))
