@@ -151,6 +151,11 @@ def run_assets(cfg: CityConfig, select: str | None, first: dt.date | None = None
     from orchestration.run_recovery import process_tags, recover_abandoned_runs
 
     every_first, every_last = full_range(cfg)
+    if (first or last) and cfg.partitions_start is None:
+        raise click.ClickException(
+            "--partition/--from/--to: this city has no daily partitions (no partitions: key in city.yaml), so "
+            "every run rebuilds every day; run without them, or set partitions: {start: YYYY-MM-DD}"
+        )
     if first or last:
         first, last = first or every_first, last or every_last
         if first < every_first or last > every_last or last < first:

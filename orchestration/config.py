@@ -34,7 +34,8 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
   the URL may be `${ALERT_WEBHOOK_URL}`.
 - `partitions`: `{start: 2025-01-01}`: the first of the daily partitions the time-based assets (the
   per-entity intermediate models and the conformed facts) are split into, by the day of each record
-  in the city's time zone (default 2000-01-01). Older records are kept in that first partition (the
+  in the city's time zone. Without the key nothing is partitioned: every run rebuilds them whole
+  (docs/operations.md); a `partitions:` block without `start` starts at 2000-01-01. Older records are kept in that first partition (the
   history), so set it where day-by-day operation starts: a run over N days records N events per daily
   asset in Dagster. A record dated in the future or before 1900 is quarantined with that reason.
 - `sinks`: optional copies of the published marts for BI tools. Only `postgres` so far:
@@ -214,7 +215,8 @@ class CityConfig:
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: dict[str, Any] = field(default_factory=dict)
     #: partitions.start: the first daily partition
-    partitions_start: dt.date = dt.date(2000, 1, 1)
+    #: None (no `partitions:` key): the time-based models are not partitioned; every run rebuilds them whole
+    partitions_start: dt.date | None = None
     #: deduplicate: entity -> the rule that counts a record delivered by several sources once
     deduplicate: dict[str, Deduplicate] = field(default_factory=dict)
 
@@ -949,6 +951,6 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         sinks=_parse_sinks(data.get("sinks")),
         population_format=_parse_population_format(districts.get("population_format")),
         alerts=_parse_alerts(data.get("alerts")),
-        partitions_start=_parse_partitions(data.get("partitions")),
+        partitions_start=None if data.get("partitions") is None else _parse_partitions(data.get("partitions")),
         deduplicate=_parse_deduplicate(data.get("deduplicate"), sources),
     )

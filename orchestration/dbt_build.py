@@ -13,6 +13,7 @@ generated model for a source too odd for a mapping (it must return the same colu
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import fcntl
 import functools
 import hashlib
@@ -29,6 +30,7 @@ import yaml
 
 from orchestration.config import CityConfig, Deduplicate, Source
 from orchestration.entities import ENTITIES, Entity
+from orchestration.keys import key_sql
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 GENERATED = Path("models") / "staging" / "_generated"
@@ -132,7 +134,8 @@ def expression_problem(mapping: str) -> str | None:
 def render_staging(source: Source) -> str:
     """The generated staging model of a source that feeds a conformed entity."""
     entity: Entity = ENTITIES[source.feeds]
-    key = " || '|' || ".join(f"coalesce(cast({_quote(k)} as varchar), '')" for k in source.primary_key)
+    key = key_sql(_quote(k) for k in source.primary_key)
+    key_columns = ", ".join(_quote(k) for k in source.primary_key)
     raw_lines = [
         f"        cast({raw_expression(source.columns[c.name])} as varchar) as {c.name}__raw"
         for c in entity.columns
@@ -205,9 +208,12 @@ with source as (
 
 latest as (
 
-    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
+    -- copies loaded at one instant (two files of one run): the one from the later file path
     select * from source
-    qualify row_number() over (partition by {key} order by _ingested_at desc) = 1
+    qualify row_number() over (
+        partition by {key_columns} order by _ingested_at desc, _source_file desc nulls last
+    ) = 1
 
 ),
 
@@ -541,7 +547,7 @@ def _render(cfg: CityConfig, out: Path, final: Path) -> None:
     project = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())
     project["vars"] = {
         **project["vars"],
-        "partitions_start": cfg.partitions_start.isoformat(),
+        "partitions_start": (cfg.partitions_start or dt.date(1900, 1, 1)).isoformat(),
         "city_timezone": cfg.timezone,
         "city_name": cfg.name,
         "city_district_boundaries": str(final / BOUNDARIES),

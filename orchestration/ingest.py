@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 from orchestration import lake
 from orchestration.config import CityConfig, Source
 from orchestration.connectors import LOCATION, Landing, Rejected, read_source, scrubbed, secret_values
+from orchestration.keys import integer_text_problem, key_text
 from orchestration.privacy import PersonalData
 from orchestration.quality import bronze_suite, split_rows
 
@@ -120,7 +121,7 @@ def _rejected(row: dict, reason: str, location: str, record_key: str | None = No
 
 
 def _key_text(row: dict, keys: tuple[str, ...]) -> str:
-    return "|".join("" if row.get(k) is None else str(row.get(k)) for k in keys)
+    return key_text([row.get(k) for k in keys])
 
 
 class KeySet:
@@ -257,7 +258,7 @@ def _last_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     if table.num_rows == 0 or any(k not in table.column_names for k in keys):
         return table
     rows = table.select(list(keys)).to_pylist()
-    last = {_key_text(r, keys): i for i, r in enumerate(rows)}
+    last = {tuple(r[k] for k in keys): i for i, r in enumerate(rows)}
     return table.take(sorted(last.values()))
 
 
@@ -278,6 +279,8 @@ def conform(
         target = known.get(name) or (pa.string() if pa.types.is_null(arr.type) else arr.type)
         if arr.type != target:
             # only a column that needs a cast is copied (a big file's piece is not held twice)
+            if name in keys:
+                _check_key_cast(arr, target, name, failed)
             arr = _cast(arr.combine_chunks(), target, name, failed)
         columns[name] = arr
     missing = [f.name for f in schema if f.name not in columns and f.name not in META_COLUMNS] if schema else []
@@ -295,6 +298,18 @@ def conform(
     ]
     keep = pa.array([i not in failed for i in range(n)])
     return typed.filter(keep), rejected, missing
+
+
+def _check_key_cast(arr: pa.ChunkedArray, target: pa.DataType, name: str, failed: dict[int, list[str]]) -> None:
+    """A key text that casts to an integer but is not written as one ('01', '-0') would become another
+    record's key: its row is noted in `failed` (orchestration/keys.py: a key's identity is its typed value)."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) or not pa.types.is_integer(target):
+        return
+    odd = pc.fill_null(pc.match_substring_regex(arr, r"^-?0[0-9]+$|^-0$"), False)
+    for i in np.flatnonzero(odd.to_numpy(zero_copy_only=False)):
+        problem = integer_text_problem(arr[int(i)].as_py())
+        if problem:
+            failed.setdefault(int(i), []).append(f"column {name}: {problem}")
 
 
 def _cast(arr: pa.Array, target: pa.DataType, name: str, failed: dict[int, list[str]]) -> pa.Array:

@@ -19,10 +19,15 @@ from orchestration.config import CityConfig, Source
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+#: records dated before this are held back (citylake_time_reject_reason)
+EARLIEST = dt.date(1900, 1, 1)
 
 
-def daily_partitions(cfg: CityConfig) -> dg.DailyPartitionsDefinition:
-    """partitions.start to today (the day in progress included), in the city's time zone."""
+def daily_partitions(cfg: CityConfig) -> dg.DailyPartitionsDefinition | None:
+    """partitions.start to today (the day in progress included), in the city's time zone; None for a
+    city without a `partitions:` key, whose time-based models are rebuilt whole by every run."""
+    if cfg.partitions_start is None:
+        return None
     return dg.DailyPartitionsDefinition(
         start_date=cfg.partitions_start.isoformat(), timezone=cfg.timezone, end_offset=1
     )
@@ -41,8 +46,9 @@ def range_tags(first: dt.date, last: dt.date) -> dict[str, str]:
 
 
 def full_range(cfg: CityConfig) -> tuple[dt.date, dt.date]:
-    """Every day there is: what `citylake run` rebuilds when no day is named."""
-    return cfg.partitions_start, today(cfg)
+    """Every day there is: what `citylake run` rebuilds when no day is named (from 1900, the earliest
+    day a record may have, for a city without partitions)."""
+    return cfg.partitions_start or EARLIEST, today(cfg)
 
 
 def window_vars(context: dg.AssetExecutionContext) -> dict[str, str]:

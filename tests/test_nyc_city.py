@@ -208,15 +208,22 @@ def _expected_311(codes: set[str]) -> pd.DataFrame:
     raw["is_closed"] = raw["closed_at"].notna()
     raw["days"] = (raw["closed_at"] - raw["requested_at"]).dt.total_seconds() / 86400
     raw["on_time"] = raw["days"] <= raw["Complaint Type"].map(targets)
+    # the on-time share is over the closed requests whose category has a target
+    raw["targeted"] = raw["Complaint Type"].map(targets).notna()
     closed = _with_areas_and_periods(raw[raw["is_closed"]], "local_date")
     g = closed.groupby(KEY[1:], as_index=False).agg(
-        median=("days", "median"), closed=("days", "size"), on_time=("on_time", "sum")
+        median=("days", "median"), closed=("days", "size"), on_time=("on_time", "sum"), targeted=("targeted", "sum")
     )
-    median = g.assign(indicator_id="svc_311_median_days_to_close", value=g["median"], numerator=math.nan)
-    share = g.assign(
-        indicator_id="svc_311_closed_within_target", value=100 * g["on_time"] / g["closed"], numerator=g["on_time"]
+    median = g.assign(
+        indicator_id="svc_311_median_days_to_close", value=g["median"], numerator=math.nan, denominator=g["closed"]
     )
-    return pd.concat([median, share], ignore_index=True).assign(denominator=lambda d: d["closed"].astype(float))
+    share = g[g["targeted"] > 0].assign(
+        indicator_id="svc_311_closed_within_target",
+        value=lambda d: 100 * d["on_time"] / d["targeted"],
+        numerator=lambda d: d["on_time"],
+        denominator=lambda d: d["targeted"],
+    )
+    return pd.concat([median, share], ignore_index=True).assign(denominator=lambda d: d["denominator"].astype(float))
 
 
 @pytest.fixture(scope="module")

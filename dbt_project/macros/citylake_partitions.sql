@@ -46,10 +46,12 @@
 {%- endmacro %}
 
 {% macro citylake_time_reject_reason(column, event_date) -%}
+    {#- A record dated after today on the city's own clock (its local calendar day, the city's time
+        zone) has not happened: it is held back until a build of its day runs on or after that day. -#}
     case
         when {{ event_date }} < date '1900-01-01'
             then '{{ column }} ' || {{ event_date }} || ' is before 1900'
-        when {{ event_date }} > {{ citylake_local_today() }} + 1
+        when {{ event_date }} > {{ citylake_local_today() }}
             then '{{ column }} ' || {{ event_date }} || ' is in the future'
     end
 {%- endmacro %}

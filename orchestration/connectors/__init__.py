@@ -67,6 +67,9 @@ def text_table(records: list[dict[str, Any]], columns: Iterable[str] = ()) -> pa
             return "true" if v else "false"
         if hasattr(v, "isoformat"):
             return v.isoformat()
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+            # a JSON number is a number: 101 and 101.0 are one value (one key, one station)
+            return str(int(v))
         return str(v)
 
     return pa.table({n: pa.array([text(r.get(n)) for r in records], pa.string()) for n in names})

@@ -220,6 +220,8 @@ def _requests(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame]
             "is_closed": closed.notna(),
             "days": seconds / 86400,
             "on_time": closed.notna() & (seconds <= target * 86400),
+            # only requests whose category has a target count toward the on-time share
+            "has_target": closed.notna() & target.notna(),
         }
     )
     x = _expand(df, requested.dt.tz_convert(TIMEZONE).dt.date)
@@ -227,12 +229,15 @@ def _requests(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame]
     known = x.assign(known=x["district"].notna()).groupby(GROUP)["known"].mean()
     closed_x = x[x["is_closed"]]
     g = closed_x.groupby(GROUP, as_index=False).agg(
-        median=("days", "median"), n=("days", "size"), on_time=("on_time", "sum")
+        median=("days", "median"), n=("days", "size"), on_time=("on_time", "sum"), targeted=("has_target", "sum")
     )
     coverage = known.loc[list(zip(g["area_id"], g["period_grain"], g["period_start"], strict=False))].to_numpy()
+    t = g["targeted"] > 0
+    share = 100 * g["on_time"] / g["targeted"]
+    on_time = _rows("svc_311_closed_within_target", g, share, g["on_time"], g["targeted"], coverage)
     return [
         _rows("svc_311_median_days_to_close", g, g["median"], np.full(len(g), np.nan), g["n"], coverage),
-        _rows("svc_311_closed_within_target", g, 100 * g["on_time"] / g["n"], g["on_time"], g["n"], coverage),
+        on_time[t.to_numpy()],
     ]
 
 

@@ -1,10 +1,40 @@
--- The indicator catalogue: what each indicator means, its unit, formula and the standard it follows.
-select
-    indicator_id,
-    indicator_name,
-    unit,
-    formula,
-    definition,
-    standard,
-    domain
-from {{ ref('indicator_definitions') }}
+-- The indicator catalogue: what each indicator means, its unit, formula and the standard it follows,
+-- and, for an indicator with no value at all, why (`note`): a city need not feed every entity.
+with definitions as (
+
+    select * from {{ ref('indicator_definitions') }}
+
+),
+
+published as (
+
+    select indicator_id, count(*) as n_rows from {{ ref('indicators') }} group by all
+
+),
+
+final as (
+
+    select
+        definitions.indicator_id,
+        definitions.indicator_name,
+        definitions.unit,
+        definitions.formula,
+        definitions.definition,
+        definitions.standard,
+        definitions.domain,
+        definitions.entity,
+        case
+            when coalesce(published.n_rows, 0) > 0 then null
+            when definitions.indicator_id = 'svc_311_closed_within_target'
+                and (select count(*) from published where indicator_id = 'svc_311_median_days_to_close') > 0
+                then 'no value: no closed request has a category with a target; give '
+                    || 'reference_data.service_categories (service_code, service_name, category, target_days) in city.yaml'
+            else 'no value: no published records of ' || definitions.entity
+                || ' (no source in city.yaml feeds it, or none passed its gates)'
+        end as note
+    from definitions
+    left join published on published.indicator_id = definitions.indicator_id
+
+)
+
+select * from final

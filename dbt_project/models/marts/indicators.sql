@@ -18,7 +18,7 @@ with computed as (
 
 catalogue as (
 
-    select * from {{ ref('indicator_catalog') }}
+    select * from {{ ref('indicator_definitions') }}
 
 ),
 

@@ -57,21 +57,26 @@ common = {"manifest": project.manifest_path, "project": project, "dagster_dbt_tr
 
 @dbt_assets(name="dbt_reference", select=f"+{DAILY}", exclude=DAILY, pool="warehouse", **common)
 def dbt_reference(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    """Build the seeds and dimensions the daily models read, with their tests."""
-    yield from dbt.cli(["build"], context=context).stream()
+    """Build the seeds and dimensions the daily models read, with their tests. Rebuilt whole
+    (`--full-refresh`): a seed table left by an earlier build (another CSV, other types) never lingers."""
+    yield from dbt.cli(["build", "--full-refresh"], context=context).stream()
+
+
+PARTITIONS = daily_partitions(city())
 
 
 @dbt_assets(
     name="dbt_daily",
     select=DAILY,
-    partitions_def=daily_partitions(city()),
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    partitions_def=PARTITIONS,
+    backfill_policy=dg.BackfillPolicy.single_run() if PARTITIONS else None,
     pool="warehouse",
     **common,
 )
 def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    """Rebuild the days of the run's partition window (one dbt build for a whole range)."""
-    days = window_vars(context)
+    """Rebuild the days of the run's partition window (one dbt build for a whole range); every day
+    for a city without partitions."""
+    days = window_vars(context) if PARTITIONS else {"min_date": "1900-01-01", "max_date": "9999-12-31"}
     window = f"{days['min_date']}..{days['max_date']}"
     for event in dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream():
         yield (

@@ -1,5 +1,6 @@
 -- Service levels of 311, over the requests made in the period (local time):
--- median days to close (closed requests) and the share closed within the category's target.
+-- median days to close (closed requests) and the share closed within the category's target, over the
+-- closed requests whose category has a target (none: the indicator is absent for that area and period).
 -- Coverage: districts 1; citywide, the share of the period's requests placed in a district.
 with requests as (
 
@@ -8,6 +9,7 @@ with requests as (
         is_closed,
         days_to_close,
         days_to_close <= target_days as is_on_time,
+        target_days is not null as has_target,
         district_code
     from {{ ref('fct_service_requests') }}
 
@@ -31,6 +33,7 @@ measures as (
         area_id, period_grain, period_start,
         median(days_to_close) filter (where is_closed) as median_days,
         count(*) filter (where is_closed) as closed,
+        count(*) filter (where is_closed and has_target) as closed_with_target,
         count(*) filter (where is_closed and is_on_time) as on_time,
         count(*) as requests,
         count(district_code) as placed
@@ -52,12 +55,12 @@ final as (
     union all
     select
         'svc_311_closed_within_target', area_id, period_grain, period_start,
-        100.0 * on_time / closed,
+        100.0 * on_time / closed_with_target,
         cast(on_time as double),
-        cast(closed as double),
+        cast(closed_with_target as double),
         placed / requests
     from measures
-    where closed > 0
+    where closed_with_target > 0
 
 )
 
