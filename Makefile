@@ -42,4 +42,4 @@ bench: install
 	$(BIN)/python -m benchmarks.run --scale $(SCALE) $(BENCH_ARGS)
 
 clean:
-	rm -rf lake .citylake reference_city test-output
+	rm -rf lake .citylake reference_city test-output cities/*/lake cities/*/.citylake cities/riverton/reference_city

@@ -35,7 +35,6 @@ from importlib import metadata
 from pathlib import Path
 
 import duckdb
-import yaml
 
 from benchmarks import analyst, measure, newday
 
@@ -93,18 +92,13 @@ def free_port() -> int:
 def write_city_config(root: Path, city_dir: Path, collisions_cursor: bool = False) -> Path:
     """The repository's city.yaml pointed at `city_dir`, a lake and state of its own and a free Open311 port
     (the pattern of tests/conftest.py)."""
-    text = (REPO / "city.yaml").read_text().replace("./reference_city", str(city_dir))
-    cfg = yaml.safe_load(text)
-    port = free_port()
-    cfg["lake"]["root"] = str(root / "lake")
-    cfg["state_dir"] = str(root / "state")
-    cfg["simulators"]["open311"]["port"] = port
-    cfg["agencies"]["service_requests"]["requests"]["url"] = f"http://127.0.0.1:{port}/open311/v2/requests.json"
-    if collisions_cursor:  # see --collisions-cursor
-        cfg["agencies"]["safety"]["collisions"]["cursor"] = "collision_id"
-    path = root / "city.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    from orchestration.reference_city.config import write_config
+
+    def edit(cfg: dict) -> None:
+        if collisions_cursor:  # see --collisions-cursor
+            cfg["agencies"]["safety"]["collisions"]["cursor"] = "collision_id"
+
+    return write_config(root, city_dir, root / "lake", root / "state", free_port(), edit)
 
 
 def pipeline_env() -> dict[str, str]:

@@ -1,6 +1,7 @@
 """city.yaml: loading, validation and the typed view the rest of citylake reads.
 
-Where the file is: `--config PATH`, else the `CITYLAKE_CONFIG` variable, else `./city.yaml`.
+Where the file is: `--config PATH`, else the `CITYLAKE_CONFIG` variable, else `./city.yaml`, else (a checkout
+of citylake) the reference city, `cities/riverton/city.yaml`.
 Relative paths in the file are relative to the file's own folder, so a config works from any
 working directory. Secrets are written as `${ENV_VAR}` and resolved from the environment only when a
 source is used, so `citylake check` can name a missing variable without printing any value.
@@ -35,9 +36,10 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
 - `partitions`: `{start: 2025-01-01}`: the first of the daily partitions the time-based assets (the
   per-entity intermediate models and the conformed facts) are split into, by the day of each record
   in the city's time zone. Without the key nothing is partitioned: every run rebuilds them whole
-  (docs/operations.md); a `partitions:` block without `start` starts at 2000-01-01. Older records are kept in that first partition (the
-  history), so set it where day-by-day operation starts: a run over N days records N events per daily
-  asset in Dagster. A record dated in the future or before 1900 is quarantined with that reason.
+  (docs/operations.md); a `partitions:` block without `start` starts at 2000-01-01. Older records
+  are kept in that first partition (the history), so set it where day-by-day operation starts: a
+  run over N days records N events per daily asset in Dagster. A record dated in the future (after
+  today on the city's clock) or before 1900 is quarantined with that reason.
 - `sinks`: optional copies of the published marts for BI tools. Only `postgres` so far:
   `sinks: {postgres: {dsn: ${CITYLAKE_PG_DSN}, schema: citylake, reader_role: citylake_reader}}`;
   `schema` defaults to `citylake`, `reader_role` (granted SELECT on the schema) is optional. The dsn is
@@ -74,6 +76,8 @@ import yaml
 from orchestration.entities import ENTITIES
 
 DEFAULT_CONFIG = "city.yaml"
+#: the reference city of a checkout: the config when none is named and there is no ./city.yaml
+REFERENCE_CONFIG = "cities/riverton/city.yaml"
 SOURCE_KINDS = ("postgres", "mysql", "sqlite", "http_json", "files", "mqtt")
 FILE_FORMATS = ("csv", "xlsx", "json", "jsonl", "parquet")
 DISTRICT_METHODS = ("coordinates", "code", "name")
@@ -89,8 +93,13 @@ class ConfigError(ValueError):
 
 
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
-    """The config file to use: the explicit path, else $CITYLAKE_CONFIG, else ./city.yaml."""
-    return Path(explicit or os.environ.get("CITYLAKE_CONFIG") or DEFAULT_CONFIG).resolve()
+    """The config file to use: the explicit path, else $CITYLAKE_CONFIG, else ./city.yaml, else (in a
+    checkout of citylake, with no city.yaml of one's own) the reference city's cities/riverton/city.yaml."""
+    chosen = explicit or os.environ.get("CITYLAKE_CONFIG")
+    if not chosen:
+        reference = not Path(DEFAULT_CONFIG).exists() and Path(REFERENCE_CONFIG).exists()
+        chosen = REFERENCE_CONFIG if reference else DEFAULT_CONFIG
+    return Path(chosen).resolve()
 
 
 PII_KEY_ENV = "CITYLAKE_PII_KEY"
@@ -214,8 +223,8 @@ class CityConfig:
     population_format: dict[str, str] = field(default_factory=dict)
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: dict[str, Any] = field(default_factory=dict)
-    #: partitions.start: the first daily partition
-    #: None (no `partitions:` key): the time-based models are not partitioned; every run rebuilds them whole
+    #: partitions.start: the first daily partition; None (no `partitions:` key): the time-based models
+    #: are not partitioned, every run rebuilds them whole
     partitions_start: dt.date | None = None
     #: deduplicate: entity -> the rule that counts a record delivered by several sources once
     deduplicate: dict[str, Deduplicate] = field(default_factory=dict)

@@ -283,9 +283,16 @@ def split_rows(suite: dict, table: pa.Table) -> tuple[pa.Table, list[tuple[int, 
     return whole.filter(keep), sorted(reasons.items())
 
 
+def city_suite_path(source: Source) -> Path:
+    """A source's own bronze suite: `expectations/bronze.<agency>.<source>.json` in the city's folder (the
+    folder of its city.yaml), never the shared expectations/, which holds only suites true for any city."""
+    return source.base_dir / "expectations" / f"bronze.{source.agency}.{source.name}.json"
+
+
 def bronze_suite(source: Source) -> dict:
-    """The bronze suite of a source: its file, or one from its primary key; plus freshness from city.yaml."""
-    path = suite_path(["bronze", source.agency, source.name])
+    """The bronze suite of a source: the city's own file, or one from its primary key; plus freshness
+    from city.yaml."""
+    path = city_suite_path(source)
     if path.exists():
         suite = json.loads(path.read_text(encoding="utf-8"))
     else:

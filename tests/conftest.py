@@ -1,7 +1,7 @@
 """Shared fixtures: a small reference city, run end to end through the real `citylake` command.
 
 The pipeline runs in a subprocess, exactly as a user runs it, against a config of its own (a copy of
-the repository's city.yaml pointing at a generated city in a temporary folder), so the tests never
+the reference city's cities/riverton/city.yaml pointing at a generated city in a temporary folder), so the tests never
 touch the developer's ./lake.
 """
 
@@ -17,7 +17,6 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -34,17 +33,11 @@ def free_port() -> int:
 
 
 def write_city_config(root: Path, city_dir: Path, lake: Path) -> Path:
-    """The repository's city.yaml, pointed at `city_dir` and `lake`, with a free port for Open311."""
-    text = (REPO / "city.yaml").read_text().replace("./reference_city", str(city_dir))
-    cfg = yaml.safe_load(text)
-    port = free_port()
-    cfg["lake"]["root"] = str(lake)
-    cfg["state_dir"] = str(root / "state")
-    cfg["simulators"]["open311"]["port"] = port
-    cfg["agencies"]["service_requests"]["requests"]["url"] = f"http://127.0.0.1:{port}/open311/v2/requests.json"
-    path = root / "city.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    """The reference city's city.yaml (and its bronze suites), pointed at `city_dir` and `lake`, with a free
+    port for Open311."""
+    from orchestration.reference_city.config import write_config
+
+    return write_config(root, city_dir, lake, root / "state", free_port())
 
 
 def citylake(*args: str, config: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:

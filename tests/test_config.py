@@ -42,7 +42,7 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_reference_city_config_is_valid(city_run) -> None:
-    """The repository's city.yaml (pointed at a generated city) validates and declares every generated source."""
+    """The reference city's city.yaml (pointed at a generated city) validates and declares every generated source."""
     from orchestration.reference_city.generate import SOURCES
 
     cfg = load_config(city_run.config)
@@ -157,7 +157,9 @@ def test_partitions_errors_name_the_key(tmp_path: Path, base: dict, partitions, 
 def test_partitions_start_defaults_and_parses(tmp_path: Path, base: dict) -> None:
     from datetime import date
 
-    assert load_config(write(tmp_path, base)).partitions_start == date(2000, 1, 1)
+    # no partitions: key: not partitioned; an empty block starts at 2000-01-01
+    assert load_config(write(tmp_path, base)).partitions_start is None
+    assert load_config(write(tmp_path, {**base, "partitions": {}})).partitions_start == date(2000, 1, 1)
     assert load_config(write(tmp_path, {**base, "partitions": {"start": "2024-02-29"}})).partitions_start == date(
         2024, 2, 29
     )

@@ -1,5 +1,5 @@
 """Personal data never reaches the lake. Riverton's Open311 API serves who reported each request (names,
-email, phone, the exact address); the repository's city.yaml drops all but the email, which lands only as
+email, phone, the exact address); the reference city's city.yaml drops all but the email, which lands only as
 its keyed hash. The session's city run (what users run) is searched everywhere (every row of every
 Parquet file of bronze, quarantine and marts, every table of the published catalog and the warehouse,
 the Dagster storage and every other file) for every planted value, read from the generated API data.

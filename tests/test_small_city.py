@@ -114,15 +114,14 @@ def city(tmp_path_factory) -> Path:
 def test_a_city_without_reference_data_publishes_and_says_what_is_absent(city):
     got = _indicators(city.parent / "lake" / "catalog.duckdb")
     # deaths per 100 000: both composite-key records count (one vanished with the old key text)
-    assert got[("iso37120_18_8", "N1")] == pytest.approx((200.0, 2.0, 10.0))
-    assert got[("iso37120_18_8", "CITY")] == pytest.approx((50.0, 2.0, 40.0))
+    assert got[("iso37120_18_8", "N1")] == pytest.approx((200.0, 2.0, 0.01))
+    assert got[("iso37120_18_8", "CITY")] == pytest.approx((50.0, 2.0, 0.04))
     # median days to close: N1 {1, 5}, S2 {1.5}, CITY {1, 1.5, 5}
     assert got[("svc_311_median_days_to_close", "N1")][0] == pytest.approx(3.0)
     assert got[("svc_311_median_days_to_close", "CITY")][0] == pytest.approx(1.5)
     assert not [k for k in got if k[0] == "svc_311_closed_within_target"]
     with duckdb.connect(str(city.parent / "lake" / "catalog.duckdb"), read_only=True) as con:
         notes = dict(con.execute("select indicator_id, note from indicator_catalog").fetchall())
-        keys = con.execute("select record_key from fct_road_collisions order by 1").fetchall()
         held = con.execute(
             "select record_key, reason from quarantine where source_name = 'crashes'"
         ).fetchall()
@@ -132,6 +131,8 @@ def test_a_city_without_reference_data_publishes_and_says_what_is_absent(city):
         "or none passed its gates)"
     )
     assert notes["iso37120_18_8"] is None
+    with duckdb.connect(str(city.parent / "state" / "warehouse.duckdb"), read_only=True) as con:
+        keys = con.execute("select record_key from fct_road_collisions order by 1").fetchall()
     assert keys[:3] == [("A|b\\|c",), ("A\\|b|c",), ("Z|1",)] and len(keys) == 13
     tomorrow = dt.datetime.now(ZoneInfo(TZ)).date() + dt.timedelta(days=1)
     assert held == [("F|1", f"accident_at {tomorrow} is in the future")]
@@ -150,6 +151,6 @@ def test_reference_data_added_later_is_used_by_the_next_run(city):
     assert got[("svc_311_closed_within_target", "N1")] == pytest.approx((50.0, 1.0, 2.0))
     assert got[("svc_311_closed_within_target", "CITY")] == pytest.approx((50.0, 1.0, 2.0))
     assert ("svc_311_closed_within_target", "S2") not in got
-    with duckdb.connect(str(city.parent / "lake" / "catalog.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(city.parent / "state" / "warehouse.duckdb"), read_only=True) as con:
         cats = con.execute("select service_request_id, category from fct_service_requests order by 1").fetchall()
     assert cats == [("1", "streets"), ("2", "streets"), ("3", "nuisance"), ("4", "nuisance")]
