@@ -53,7 +53,10 @@ class SourceUnavailable(RuntimeError):
 
 def shown_url(url: str) -> str:
     """A URL as messages show it: no user:password@, no query (where tokens travel), at most 200 characters."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ in the host
+        return "an unreadable URL"
     netloc = parts.netloc.rpartition("@")[2]
     return (f"{parts.scheme}://{netloc}{parts.path}" + ("?..." if parts.query else ""))[:200]
 
