@@ -65,6 +65,7 @@ import codecs
 import datetime as dt
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -143,7 +144,7 @@ class Source:
 
     kind: postgres | mysql | sqlite | http_json | files | mqtt
     dsn (postgres, mysql), path (sqlite file; files glob), table or query (SQL kinds),
-    url, pagination, cursor, headers, records_path (http_json), format and csv options (files),
+    url, pagination, cursor, headers, records_path, allowed_origins (http_json), format and csv options (files),
     topic (mqtt), primary_key, cursor (SQL: a column), schedule (cron), timezone (the zone local
     times are in; default the city's), max_document_mb (files, format json: the largest document
     parsed whole, 100), feeds (a conformed entity), columns (conformed column ->
@@ -300,6 +301,9 @@ _TEXT_KEYS = ("dsn", "url", "topic", "client_id", "records_path", "sheet", "land
 _INT_KEYS = {"batch_rows": (1, 10_000_000), "max_retries": (0, 100), "qos": (0, 2), "sensor_interval_s": (1, 86_400)}
 _NUMBER_KEYS = {"timeout_s": (0.001, 3600), "backoff_s": (0, 3600), "max_document_mb": (1, 100_000)}
 _BOOL_KEYS = ("header", "sensor")
+#: the only URL schemes an http_json source is read over (urllib would open file:// and ftp:// too)
+HTTP_SCHEMES = ("http", "https")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 def valid_name(name: str) -> bool:
@@ -470,6 +474,42 @@ def _check_source_values(raw: dict, where: str) -> None:
             _text(v, f"{where}.pagination.{k}", "text")
 
 
+def http_origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http or https URL, the default port filled in; None for any other URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # an unreadable port or IPv6 host
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in HTTP_SCHEMES or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
+
+
+def _check_http_locations(raw: dict, where: str) -> None:
+    """http_json: `url` is http(s) (a `${VAR}` scheme is checked once resolved, at run time) and each
+    of `allowed_origins` is an origin, scheme://host[:port]."""
+    url = _text(raw["url"], f"{where}.url", "the endpoint, e.g. url: https://api.example.org/requests.json")
+    scheme = _SCHEME.match(url)
+    http = bool(scheme) and scheme[1].lower() in HTTP_SCHEMES and url[scheme.end() :].startswith("//")
+    if not (http or url.startswith("${")):
+        got = f"scheme '{scheme[1][:20]}'" if scheme else "no scheme"
+        raise ConfigError(f"{where}.url: citylake reads only http:// and https:// URLs; got {got}")
+    origins = raw.get("allowed_origins", [])
+    example = "e.g. allowed_origins: [https://cdn.example.org, http://10.0.0.5:8080]"
+    if not isinstance(origins, list):
+        raise ConfigError(f"{where}.allowed_origins: a list of origins, {example}; got {_shown(origins)}")
+    for i, value in enumerate(origins):
+        text = _text(value, f"{where}.allowed_origins[{i}]", f"an origin, {example}")
+        parts = urllib.parse.urlsplit(text) if http_origin(text) else None
+        if not parts or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+            raise ConfigError(
+                f"{where}.allowed_origins[{i}]: scheme://host[:port] with scheme http or https and no path, "
+                f"{example}; got {text[:80]!r}"
+            )
+
+
 def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) -> Source:
     where = f"agencies.{agency}.{name}"
     if not valid_name(name):
@@ -500,6 +540,7 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
         raise ConfigError(f'{where}: set table: (e.g. public.daily_ridership) or query: "select ..."')
     if kind == "http_json":
         _require(raw, "url", where, "the endpoint, e.g. url: http://127.0.0.1:8311/open311/v2/requests.json")
+        _check_http_locations(raw, where)
     if kind == "files":
         pattern = _require(raw, "path", where, "a file glob, e.g. path: ./landing/energy/*.csv")
         _check_glob(_text(pattern, f"{where}.path", "a file glob, e.g. path: ./landing/energy/*.csv"), f"{where}.path")

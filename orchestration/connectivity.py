@@ -42,16 +42,14 @@ def _probe(source: Source) -> tuple[bool, str]:
         return True, f"{len(names)} columns"
     if source.kind == "http_json":
         import urllib.error
-        import urllib.request
 
-        from orchestration.connectors.http_json import pagination
+        from orchestration.connectors.http_json import Client, pagination
 
         pagination(source)  # a wrong style is a config error worth reporting here
-        url = source.secret_value(source.get("url"), "url")
-        headers = {k: source.secret_value(v, f"headers.{k}") for k, v in (source.get("headers") or {}).items()}
-        req = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
+        # the load's own client: http(s) only, redirects checked hop by hop, headers only to the url's origin
+        client = Client(source)
         try:
-            with urllib.request.urlopen(req, timeout=float(source.get("timeout_s", 10))) as resp:
+            with client.open(client.url, float(source.get("timeout_s", 10))) as resp:
                 return True, f"HTTP {resp.status}"
         except urllib.error.HTTPError as exc:
             return False, f"HTTP {exc.code} {exc.reason} from {source.get('url')}"

@@ -12,6 +12,16 @@ Source keys:
 - headers: `{Authorization: "Bearer ${TOKEN}"}` (values resolved from the environment)
 - records_path (a dotted path when the array is nested in an object), timeout_s (30),
   max_retries (5), backoff_s (0.5: the first wait; doubles each try, jittered, capped at 30 s)
+- allowed_origins: `["https://cdn.example.org", "http://10.0.0.5:8080"]` (scheme://host[:port]), the
+  other origins a next link or a redirect may lead to
+
+Where citylake reads: only http and https (never file://, ftp://), and only the origin of `url`
+(scheme, host and port) plus `allowed_origins`. A next link or a redirect (each hop) anywhere else
+stops the load before that URL is requested: the error names the source and the refused origin (never
+the URL's query), and nothing of the load lands. The configured `headers` (credentials) are sent only
+to the origin of `url`: a page or a redirect on an allowed other origin is requested without them, so
+an allowed CDN never sees a token; an API whose other origin needs credentials must put them in the
+URLs it links to.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from orchestration.config import Source
+from orchestration.config import ConfigError, Source, http_origin
 from orchestration.connectors import Landing, Rejected, text_table
 
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -41,8 +51,112 @@ class SourceUnavailable(RuntimeError):
     """The source still failed after the last retry, or answered something citylake cannot use."""
 
 
-def _get(url: str, shown: str, headers: dict[str, str], source: Source) -> tuple[Any, http.client.HTTPMessage]:
+def shown_url(url: str) -> str:
+    """A URL as messages show it: no user:password@, no query (where tokens travel), at most 200 characters."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ in the host
+        return "an unreadable URL"
+    netloc = parts.netloc.rpartition("@")[2]
+    return (f"{parts.scheme}://{netloc}{parts.path}" + ("?..." if parts.query else ""))[:200]
+
+
+def _origin_text(origin: tuple[str, str, int]) -> str:
+    scheme, host, port = origin
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+class Client:
+    """The source's HTTP client: it requests only http(s) URLs on the `url:` origin or `allowed_origins`,
+    checks every redirect hop the same way, and sends the configured headers only to the `url:` origin."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.raw_url = str(source.get("url"))
+        self.url = source.secret_value(self.raw_url, "url")
+        home = http_origin(self.url)
+        if home is None:
+            scheme = urllib.parse.urlsplit(self.url).scheme if "://" in self.url else ""
+            raise ConfigError(
+                f"{source.where}.url: citylake reads only http:// and https:// URLs with a host; "
+                f"got {f'scheme {scheme[:20]!r}' if scheme else 'no scheme'}"
+            )
+        self.home = home
+        self.allowed = {home, *(http_origin(str(o)) for o in source.get("allowed_origins") or [])}
+        self.headers = {k: source.secret_value(v, f"headers.{k}") for k, v in (source.get("headers") or {}).items()}
+        self.opener = urllib.request.OpenerDirector()
+        # no file://, ftp:// or data: handler: only http(s) can be opened at all
+        handlers: list[urllib.request.BaseHandler] = [
+            urllib.request.ProxyHandler(),
+            urllib.request.UnknownHandler(),
+            urllib.request.HTTPHandler(),
+            urllib.request.HTTPDefaultErrorHandler(),
+            _Redirects(self),
+            urllib.request.HTTPErrorProcessor(),
+        ]
+        if hasattr(urllib.request, "HTTPSHandler"):
+            handlers.append(urllib.request.HTTPSHandler())
+        for handler in handlers:
+            self.opener.add_handler(handler)
+
+    def check(self, url: str, what: str) -> None:
+        """Raise SourceUnavailable unless `url` may be requested; `what` says where it came from."""
+        origin = http_origin(url)
+        if origin in self.allowed:
+            return
+        if origin is None:
+            why = "citylake reads only http and https URLs"
+        else:
+            why = (
+                f"its origin {_origin_text(origin)} is neither the url's ({_origin_text(self.home)}) "
+                f"nor in allowed_origins (add it to {self.source.where}.allowed_origins to read it)"
+            )
+        raise SourceUnavailable(f"{self.source.where}: refused {what} to {shown_url(url)}: {why}; the load stops")
+
+    def request(self, url: str) -> urllib.request.Request:
+        """A GET of `url`, with the configured headers only when `url` is on the `url:` origin."""
+        own = self.headers if http_origin(url) == self.home else {}
+        return urllib.request.Request(url, headers={"Accept": "application/json", **own})
+
+    def open(self, url: str, timeout: float) -> http.client.HTTPResponse:
+        self.check(url, "a request")
+        return self.opener.open(self.request(url), timeout=timeout)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL the client may request, and rebuilds the request's headers for
+    the new URL (urllib's own handler copies every header, credentials included, to any host)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def _check(self, req: urllib.request.Request, fp: Any, code: int, url: str) -> None:
+        try:
+            self.client.check(url, f"a redirect (HTTP {code}) from {shown_url(req.full_url)}")
+        except SourceUnavailable:
+            fp.close()
+            raise
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        # before urllib's own scheme check, which would put the whole target URL in its message
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            self._check(req, fp, code, urllib.parse.urljoin(req.full_url, location))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self._check(req, fp, code, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.headers = self.client.request(new.full_url).headers
+        return new
+
+
+def _get(client: Client, url: str, shown: str) -> tuple[Any, http.client.HTTPMessage]:
     """GET url as JSON with retries; `shown` is the URL as it may appear in messages."""
+    source = client.source
     timeout = float(source.get("timeout_s", 30))
     retries = int(source.get("max_retries", 5))
     backoff = float(source.get("backoff_s", 0.5))
@@ -50,8 +164,7 @@ def _get(url: str, shown: str, headers: dict[str, str], source: Source) -> tuple
     for attempt in range(retries + 1):
         wait = 0.0
         try:
-            req = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with client.open(url, timeout) as resp:
                 return json.loads(resp.read().decode("utf-8")), resp.headers
         except urllib.error.HTTPError as exc:
             if exc.code not in RETRY_STATUSES:
@@ -119,9 +232,8 @@ def pagination(source: Source) -> dict[str, Any]:
 
 def read_http_json(source: Source, cursor: Any | None) -> Iterator[Landing]:
     """Every page past `cursor`, one Landing per page (non-object records are rejected)."""
-    raw_url = str(source.get("url"))
-    url = source.secret_value(raw_url, "url")
-    headers = {k: source.secret_value(v, f"headers.{k}") for k, v in (source.get("headers") or {}).items()}
+    client = Client(source)
+    raw_url, url = client.raw_url, client.url
     paging = pagination(source)
     style = paging.get("style")
     cur = source.get("cursor")
@@ -136,8 +248,8 @@ def read_http_json(source: Source, cursor: Any | None) -> Iterator[Landing]:
             params[paging["param"]] = position
             params[paging["size_param"]] = paging["size"]
         full = next_url or _with_params(url, params)
-        shown = full.replace(url, raw_url) if next_url is None else full.split("?")[0] + "?..."
-        body, resp_headers = _get(full, shown, headers, source)
+        shown = full.replace(url, raw_url) if next_url is None else shown_url(full)
+        body, resp_headers = _get(client, full, shown)
         records = _records(body, source.get("records_path"), source.where)
         good = [r for r in records if isinstance(r, dict)]
         rejected = [_reject(r, f"{shown} item {i}") for i, r in enumerate(records) if not isinstance(r, dict)]
@@ -155,8 +267,11 @@ def read_http_json(source: Source, cursor: Any | None) -> Iterator[Landing]:
             if not link or not records:
                 return
             next_url = urllib.parse.urljoin(full, str(link))
+            client.check(next_url, f"the API's next link (on {shown})")
             if next_url in seen:
-                raise SourceUnavailable(f"{source.where}: the API's next link repeats ({next_url}); stopping")
+                raise SourceUnavailable(
+                    f"{source.where}: the API's next link repeats ({shown_url(next_url)}); stopping"
+                )
             seen.add(next_url)
         else:
             return
