@@ -199,10 +199,10 @@ def test_a_write_the_parser_cannot_see_fails_in_the_read_only_transaction(kind, 
 
 VALID_QUERIES = {
     "postgres": "with r as (select a.id, a.n::text as n_text, sum(a.n) over (order by a.id) as running "
-    "from {t} a join {t} b on b.id = a.id) select id, n_text, cast(running as integer) as running from r",
+    "from {t} a join {t} b on b.id = a.id) select id, n_text, cast(running as integer) as running from r;",
     "mysql": "with r as (select `a`.`id`, cast(`a`.`n` as char) as `n_text`, sum(`a`.`n`) over (order by `a`.`id`) "
     "as `running` from `{t}` `a` join `{t}` `b` on `b`.`id` = `a`.`id`) "
-    "select `id`, `n_text`, cast(`running` as signed) as `running` from r",
+    "select `id`, `n_text`, cast(`running` as signed) as `running` from r -- a comment at the end",
 }
 
 
@@ -211,7 +211,8 @@ def test_real_source_queries_with_ctes_joins_casts_and_windows_still_load(kind, 
     conn, table = request.getfixturevalue("pg" if kind == "postgres" else "mysql")
     _sql(conn, f"create table {table} (id integer primary key, n integer)")
     _sql(conn, f"insert into {table} values (%s, %s)", [(i, i * 10) for i in range(1, 6)])
-    cfg, src = one_source(tmp_path, "transport", "rides", _spec(kind, VALID_QUERIES[kind].format(t=table)))
+    spec = {**_spec(kind, VALID_QUERIES[kind].format(t=table)), "cursor": "id"}
+    cfg, src = one_source(tmp_path, "transport", "rides", spec)
     assert run(cfg, src).rows_written == 5
     rows = bronze_rows(cfg, src)
     assert [(r["id"], r["n_text"], r["running"]) for r in rows] == [

@@ -79,7 +79,14 @@ def _quote(name: str, kind: str) -> str:
 
 def source_query(source: Source, cursor: Any | None) -> tuple[str, tuple]:
     """The statement that reads the source past the cursor, with its parameters."""
-    base = source.get("query") or f"select * from {_quote(source.get('table'), source.kind)}"
+    query = source.get("query")
+    # a query is wrapped below (and by the probe): no trailing ';', and a newline so a last `--` comment
+    # cannot swallow the closing parenthesis
+    base = (
+        query.rstrip().removesuffix(";") + "\n"
+        if query
+        else f"select * from {_quote(source.get('table'), source.kind)}"
+    )
     col = source.get("cursor")
     if not col:
         return base, ()
