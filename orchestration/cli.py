@@ -303,10 +303,37 @@ def demo(config: str | None, scale: float, days: int) -> None:
 @click.argument("query", required=False)
 @click.option("-f", "--file", "file", type=click.File("r"), help="read the query from a file")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="print at most this many rows")
-def sql(config: str | None, query: str | None, file, fmt: str, limit: int | None) -> None:
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="print at most this many rows [default: 10000; 0: all rows]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="stop the query after this many seconds (0: no limit)",
+)
+@click.option("--memory-limit", default="2GB", show_default=True, help="memory the query may use, e.g. 500MB, 8GB")
+@click.option(
+    "--raw-csv",
+    is_flag=True,
+    help="CSV values exactly as stored; by default text starting with = + - @ is prefixed with ' for spreadsheets",
+)
+def sql(
+    config: str | None,
+    query: str | None,
+    file,
+    fmt: str,
+    limit: int | None,
+    timeout: float,
+    memory_limit: str,
+    raw_csv: bool,
+) -> None:
     """Query the published marts (read-only) from the analyst catalog; see docs/analysts.md."""
-    from orchestration.analyst import QueryError, run_query
+    from orchestration.analyst import DEFAULT_LIMIT, QueryError, execute
 
     cfg = _load(config)
     if file and query:
@@ -314,10 +341,26 @@ def sql(config: str | None, query: str | None, file, fmt: str, limit: int | None
     text = file.read() if file else query
     if not text:
         raise click.ClickException('give a query: citylake sql "select ..." or citylake sql -f query.sql')
+    limit = DEFAULT_LIMIT if limit is None else limit
     try:
-        click.echo(run_query(cfg.catalog_path, text, fmt=fmt, limit=limit), nl=False)
+        printed = execute(
+            cfg.catalog_path,
+            text,
+            lambda chunk: click.echo(chunk, nl=False),
+            fmt=fmt,
+            limit=limit,
+            timeout=timeout,
+            memory_limit=memory_limit,
+            safe_csv=not raw_csv,
+        )
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
+    if printed.cut:
+        click.echo(
+            f"citylake sql: showed the first {printed.rows} rows; the query returns more "
+            "(--limit N for more, --limit 0 for all)",
+            err=True,
+        )
 
 
 @main.command()

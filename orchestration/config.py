@@ -54,9 +54,10 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
 What the file may hold (docs/cities.md, "What city.yaml may contain"): at most MAX_CONFIG_BYTES of UTF-8,
 MAX_DEPTH levels and MAX_NODES values once anchors/aliases are expanded, no key twice in a mapping;
 agency, source and sink names match NAME_RULE; column names (primary_key, cursor, freshness.column) are
-COLUMN_RULE; `table:` is [schema.]table; `query:` one read statement; a `columns:`/`district:`/
-`population_format.code` value one scalar SQL expression over the source's row (`expression_problem` in
-dbt_build); a files glob has no `..` after its first wildcard. Known keys have their types and ranges.
+COLUMN_RULE; `table:` is [schema.]table; `query:` one SELECT (`query_problem` in sql_rules); a
+`columns:`/`district:`/`population_format.code` value one scalar SQL expression over the source's row
+(`expression_problem` in dbt_build); a files glob has no `..` after its first wildcard. Known keys have
+their types and ranges.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from orchestration.entities import ENTITIES
+from orchestration.sql_rules import DIALECTS, query_problem
 
 DEFAULT_CONFIG = "city.yaml"
 #: the reference city of a checkout: the config when none is named and there is no ./city.yaml
@@ -293,8 +295,6 @@ _TEMPLATE = ("{{", "{%", "{#")
 COLUMN_RULE = "a column name: 1 to 256 characters without double quotes, backticks, control characters, {{ or {%"
 #: `table:` of a SQL source: [catalog.][schema.]table, each part letters, digits, _, $, - or spaces
 _TABLE = re.compile(r"[\w $-]{1,128}(?:\.[\w $-]{1,128}){0,2}")
-#: string literals, quoted identifiers and comments: what may hold a ';' that is not a statement separator
-_SQL_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`(?:[^`]|``)*`|--[^\n]*|/\*.*?\*/", re.DOTALL)
 _WILDCARD = re.compile(r"[*?\[]")
 #: optional source keys and the values they take (checked when present)
 _TEXT_KEYS = ("dsn", "url", "topic", "client_id", "records_path", "sheet", "landing")
@@ -395,14 +395,14 @@ def _check_expression(value: Any, where: str) -> str:
     return text
 
 
-def _check_query(value: Any, where: str) -> str:
-    """`query:` runs on the agency's database: one read statement (select/with), nothing after it."""
+def _check_query(value: Any, where: str, kind: str) -> str:
+    """`query:` runs on the agency's database: one SELECT, parsed in the source kind's dialect (sql_rules)."""
     text = _text(value, where, 'a select statement, e.g. query: "select * from rides"')
-    body = _SQL_QUOTED.sub(" ", text).strip().rstrip(";").strip()
-    if ";" in body:
-        raise ConfigError(f"{where}: one statement only; ';' separates statements (citylake only reads)")
-    if not re.match(r"(?i)(select|with|values|table)\b", body):
-        raise ConfigError(f"{where}: a query reads: it starts with select or with; got {text[:80]!r}")
+    if kind not in DIALECTS:
+        raise ConfigError(f"{where}: only postgres, mysql and sqlite sources take a query; this one is kind {kind}")
+    problem = query_problem(text, kind)
+    if problem:
+        raise ConfigError(f"{where}: {problem}; got {text[:200]!r}")
     return text
 
 
@@ -419,7 +419,7 @@ def _check_schedule(value: Any, where: str) -> str:
     return text
 
 
-def _check_source_values(raw: dict, where: str) -> None:
+def _check_source_values(raw: dict, where: str, kind: str) -> None:
     """Types and ranges of a source's optional keys, so a wrong value fails here rather than mid-run."""
     for key in _TEXT_KEYS:
         if key in raw:
@@ -453,7 +453,7 @@ def _check_source_values(raw: dict, where: str) -> None:
             f"as query:), got {_shown(raw['table'])}"
         )
     if "query" in raw:
-        _check_query(raw["query"], f"{where}.query")
+        _check_query(raw["query"], f"{where}.query", kind)
     if "schedule" in raw:
         _check_schedule(raw["schedule"], f"{where}.schedule")
     cursor = raw.get("cursor")
@@ -552,7 +552,7 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
         _require(raw, "topic", where, "the topic filter, e.g. topic: city/air/+")
         if "landing" in raw:
             _path(base, raw["landing"], f"{where}.landing", "the folder for MQTT batch files")
-    _check_source_values(raw, where)
+    _check_source_values(raw, where, kind)
     tz = _check_timezone(raw.get("timezone", city_tz), f"{where}.timezone")
 
     feeds = raw.get("feeds")

@@ -3,17 +3,22 @@ use `citylake sql`, which answers queries and refuses everything else with a cle
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 
-from orchestration.analyst import QueryError, run_query
+from orchestration.analyst import Printed, QueryError, execute, run_query
 from tests.conftest import REPO, CityRun, citylake
+from tests.connectors_support import city_yaml
 
 QUERIES = REPO / "docs" / "queries"
 MARTS = [
@@ -213,3 +218,153 @@ def test_citylake_sql_refuses_anything_but_a_query(city_run: CityRun) -> None:
     assert refused.returncode == 1 and "refused: COPY statements" in refused.stderr
     assert not (city_run.root / "out.csv").exists()
     assert hashlib.sha256(city_run.catalog.read_bytes()).hexdigest() == before
+
+
+# ---- bounds and output safety, on a small catalog of its own (no pipeline run needed)
+
+
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A city.yaml whose catalog holds one table of hostile text values; returns the config path."""
+    root = tmp_path_factory.mktemp("small-catalog")
+    spec = {"kind": "files", "path": "./drop/*.csv", "format": "csv", "primary_key": ["id"]}
+    config = city_yaml(root, {"energy": {"meters": spec}})
+    (root / "lake").mkdir()
+    con = duckdb.connect(str(root / "lake" / "catalog.duckdb"))
+    con.execute("create table notes (id integer, note varchar)")
+    con.executemany(
+        "insert into notes values (?, ?)",
+        [
+            (1, "two\nlines"),
+            (2, "\x1b[2J\x1b[31mred\x07"),
+            (3, '=HYPERLINK("http://x","y")'),
+            (4, "+1+1"),
+            (5, "-2+3"),
+            (6, "@SUM(A1)"),
+            (7, "\t=1"),
+            (8, "plain"),
+        ],
+    )
+    con.close()
+    return config
+
+
+def test_citylake_sql_prints_10000_rows_by_default_and_says_when_it_cut(small_catalog: Path) -> None:
+    query = "select i from range(25000) t(i)"
+    default = citylake("sql", query, "--format", "csv", config=small_catalog)
+    assert default.stdout.splitlines() == ["i", *map(str, range(10_000))]
+    assert "showed the first 10000 rows; the query returns more (--limit N for more, --limit 0 for all)" in (
+        default.stderr
+    )
+    every = citylake("sql", query, "--format", "csv", "--limit", "0", config=small_catalog)
+    assert len(every.stdout.splitlines()) == 1 + 25_000 and "showed the first" not in every.stderr
+    few = citylake("sql", query, "--limit", "3", config=small_catalog)
+    assert few.stdout.splitlines()[-1] == "(3 rows)" and "showed the first 3 rows" in few.stderr
+    exact = citylake("sql", "select i from range(3) t(i)", "--limit", "3", config=small_catalog)
+    assert exact.stdout.splitlines()[-1] == "(3 rows)" and exact.stderr == ""
+
+
+def test_the_row_limit_bounds_the_fetch_of_an_endless_result(small_catalog: Path) -> None:
+    # a trillion rows: only the rows printed are fetched, so this ends at once in little memory
+    t0 = time.monotonic()
+    out = citylake("sql", "select i, repeat('x', 100) as pad from range(1000000000000) t(i)", config=small_catalog)
+    assert out.stdout.splitlines()[-1] == "(10000 rows)" and time.monotonic() - t0 < 60
+    got: list[str] = []
+    printed = execute(
+        citylake_catalog(small_catalog), "select i from range(1000000000000) t(i)", got.append, fmt="csv", limit=5
+    )
+    assert printed == Printed(rows=5, cut=True) and "".join(got) == "i\n0\n1\n2\n3\n4\n"
+
+
+def citylake_catalog(config: Path) -> Path:
+    return config.parent / "lake" / "catalog.duckdb"
+
+
+def test_citylake_sql_stops_a_query_at_its_time_limit(small_catalog: Path) -> None:
+    t0 = time.monotonic()
+    slow = citylake(
+        "sql", "select count(*) from range(1000000000000)", "--timeout", "2", config=small_catalog, check=False
+    )
+    took = time.monotonic() - t0
+    assert slow.returncode == 1 and took < 30, took
+    assert "stopped: the query ran longer than the 2 s time limit and was interrupted" in slow.stderr
+    assert "--timeout SECONDS" in slow.stderr
+
+
+def test_citylake_sql_stops_a_query_at_its_memory_limit(small_catalog: Path) -> None:
+    big = citylake(
+        "sql",
+        "select count(distinct i::varchar || 'padding-padding') from range(50000000) t(i)",
+        "--memory-limit",
+        "64MB",
+        config=small_catalog,
+        check=False,
+    )
+    assert big.returncode == 1
+    assert "stopped: the query needs more memory than the 64MB limit (Out of Memory Error" in big.stderr
+    assert "--memory-limit" in big.stderr
+    bad = citylake("sql", "select 1", "--memory-limit", "lots", config=small_catalog, check=False)
+    assert bad.returncode == 1 and "--memory-limit 'lots': give a size such as 500MB" in bad.stderr
+
+
+EXPLAINED = {
+    "explain analyze insert into notes values (9, 'x')": "INSERT statements (writes)",
+    "explain analyze delete from notes": "DELETE statements (writes)",
+    "EXPLAIN (ANALYZE) create table x as select 1": "CREATE statements (DDL)",
+    "explain /* a comment */ analyse copy notes to 'out.csv'": "COPY statements (COPY)",
+    "explain update notes set note = 'x'": "UPDATE statements (writes)",
+    "explain drop table notes": "DROP statements (DDL)",
+    "explain pragma version": "PRAGMA statements",
+}
+
+
+def test_explain_of_a_refused_statement_is_refused(small_catalog: Path) -> None:
+    catalog = citylake_catalog(small_catalog)
+    for sql, message in EXPLAINED.items():
+        with pytest.raises(QueryError) as err:
+            run_query(catalog, sql)
+        assert str(err.value).startswith("refused: EXPLAIN runs or plans its statement, which is refused: "), sql
+        assert message in str(err.value), (sql, str(err.value))
+    for sql in (
+        "explain select * from notes",
+        "explain analyze select count(*) from notes",
+        "-- c\nexplain from notes",
+    ):
+        assert "_plan" in run_query(catalog, sql, fmt="csv"), sql
+    refused = citylake("sql", "explain analyze insert into notes values (9, 'x')", config=small_catalog, check=False)
+    assert refused.returncode == 1 and "which is refused: INSERT statements (writes)" in refused.stderr
+    assert not (small_catalog.parent / "out.csv").exists()
+
+
+def test_table_output_shows_newlines_and_terminal_escapes_escaped(small_catalog: Path) -> None:
+    out = citylake("sql", 'select id, note as "a\nb" from notes where id <= 2 order by id', config=small_catalog).stdout
+    lines = out.splitlines()
+    assert len(lines) == 5 and lines[-1] == "(2 rows)"  # header, rule, two rows, count: no faked rows
+    assert lines[0].split() == ["id", "a\\nb"]
+    assert lines[2].split() == ["1", "two\\nlines"]
+    assert lines[3].split() == ["2", "\\x1b[2J\\x1b[31mred\\x07"]
+    assert "\x1b" not in out and "\x07" not in out
+
+
+def test_csv_output_guards_spreadsheet_formulas_unless_raw_is_asked(small_catalog: Path) -> None:
+    query = "select id, note, -1.5 as n from notes where id >= 3 order by id"
+    safe = citylake("sql", query, "--format", "csv", config=small_catalog).stdout
+    rows = list(csv.reader(io.StringIO(safe)))
+    assert rows == [
+        ["id", "note", "n"],
+        ["3", '\'=HYPERLINK("http://x","y")', "-1.5"],
+        ["4", "'+1+1", "-1.5"],
+        ["5", "'-2+3", "-1.5"],
+        ["6", "'@SUM(A1)", "-1.5"],
+        ["7", "'\t=1", "-1.5"],
+        ["8", "plain", "-1.5"],
+    ]
+    raw = citylake("sql", query, "--format", "csv", "--raw-csv", config=small_catalog).stdout
+    assert [r[1] for r in csv.reader(io.StringIO(raw))][1:] == [
+        '=HYPERLINK("http://x","y")',
+        "+1+1",
+        "-2+3",
+        "@SUM(A1)",
+        "\t=1",
+        "plain",
+    ]

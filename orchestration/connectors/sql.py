@@ -4,6 +4,14 @@ Incremental by `cursor:` (a column): rows with cursor >= the last stored value a
 upserted, so rows that share the boundary value are never skipped and never duplicated. Rows stream
 from the server (a PostgreSQL named cursor, a MySQL unbuffered cursor) in batches of `batch_rows`
 (50 000), so a table larger than memory loads in bounded memory.
+
+Every read runs in a read-only transaction (`table:` and `query:` alike): a PostgreSQL session whose
+transactions begin READ ONLY, a MySQL/MariaDB `START TRANSACTION READ ONLY` in a session whose
+transactions are read-only, a SQLite file opened `mode=ro` with `PRAGMA query_only`. So a write the
+`query:` check (orchestration/sql_rules.py) cannot see, such as a function that inserts, fails in the
+database. The session also uses the string quoting the check parses with (PostgreSQL
+standard_conforming_strings on; MySQL without ANSI_QUOTES / NO_BACKSLASH_ESCAPES), so a quote or
+backslash cannot end a string for the server where the check saw it continue.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from orchestration.config import Source
 from orchestration.connectors import Landing
 
 BATCH_ROWS = 50_000
+#: MySQL modes that change how quotes and backslashes end a string (sqlglot parses without them)
+_QUOTING_MODES = ("ANSI_QUOTES", "NO_BACKSLASH_ESCAPES", "ANSI")
 
 
 def connect(source: Source):
@@ -29,24 +39,36 @@ def connect(source: Source):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{source.where}.path: no SQLite database at {path}; fix the path in city.yaml")
         # read-only: citylake never writes to an agency's database
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn.execute("pragma query_only = on")
+        return conn
     if source.kind == "postgres":
         import psycopg
 
-        return psycopg.connect(source.secret("dsn"))
+        conn = psycopg.connect(source.secret("dsn"))
+        conn.read_only = True  # every transaction psycopg begins is BEGIN READ ONLY
+        conn.execute("set default_transaction_read_only = on")
+        conn.execute("set standard_conforming_strings = on")
+        return conn
     if source.kind == "mysql":
         from urllib.parse import unquote, urlparse
 
         import pymysql
 
         u = urlparse(source.secret("dsn"))
-        return pymysql.connect(
+        conn = pymysql.connect(
             host=u.hostname or "127.0.0.1",
             port=u.port or 3306,
             user=unquote(u.username or ""),
             password=unquote(u.password or ""),
             database=u.path.lstrip("/") or None,
         )
+        with conn.cursor() as cur:
+            cur.execute("set session transaction read only")
+            cur.execute("select @@session.sql_mode")
+            modes = [m for m in (cur.fetchone()[0] or "").split(",") if m not in _QUOTING_MODES]
+            cur.execute("set session sql_mode = %s", (",".join(modes),))
+        return conn
     raise ValueError(f"{source.where}: not a SQL source")
 
 
@@ -57,7 +79,14 @@ def _quote(name: str, kind: str) -> str:
 
 def source_query(source: Source, cursor: Any | None) -> tuple[str, tuple]:
     """The statement that reads the source past the cursor, with its parameters."""
-    base = source.get("query") or f"select * from {_quote(source.get('table'), source.kind)}"
+    query = source.get("query")
+    # a query is wrapped below (and by the probe): no trailing ';', and a newline so a last `--` comment
+    # cannot swallow the closing parenthesis
+    base = (
+        query.rstrip().removesuffix(";") + "\n"
+        if query
+        else f"select * from {_quote(source.get('table'), source.kind)}"
+    )
     col = source.get("cursor")
     if not col:
         return base, ()
@@ -105,6 +134,9 @@ def read_sql(source: Source, cursor: Any | None) -> Iterator[Landing]:
     size = batch_rows(source)
     conn = connect(source)
     try:
+        if source.kind == "mysql":
+            with conn.cursor() as begin:
+                begin.execute("start transaction read only")
         cur = _streaming_cursor(conn, source)
         cur.execute(sql, params)
         names = [d[0] for d in cur.description]
