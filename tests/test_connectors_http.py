@@ -161,11 +161,9 @@ def test_pagination_styles_with_faults_cursor_and_noop_rerun(api, tmp_path, path
     state, base = api
     cfg, src = one_source(tmp_path, "svc", "requests", _spec(base, path, pagination, **extra))
     state.faults = ["500", "429", "truncated", "timeout"]
-    t0 = time.perf_counter()
     first = run(cfg, src)
     assert first.rows_written == 50 and first.row_count == 50 and state.faults == []
     assert [r["id"] for r in bronze_rows(cfg, src)] == [f"r{i:03d}" for i in range(50)]
-    assert time.perf_counter() - t0 < 10
     v1 = version(cfg, src)
 
     # rerun: the cursor (max `updated`) is sent, only the boundary record comes back, unchanged
