@@ -87,6 +87,15 @@ def test_a_district_column_the_source_lacks_fails_check(tmp_path: Path) -> None:
     assert "agencies.energy.meters.district.column: the source has no column 'zone'" in out
 
 
+def test_an_expression_that_does_not_fit_text_columns_fails_check(tmp_path: Path) -> None:
+    # a CSV lands as text in bronze: arithmetic on it without a cast fails the staging model
+    out = _failed(_meters(tmp_path, columns={**METERS["columns"], "kwh": "kwh_total * 1000"}))
+    assert (
+        "agencies.energy.meters.columns.kwh: 'kwh_total * 1000' does not fit the source's columns, which are text"
+        in out
+    )
+
+
 def test_an_empty_drop_folder_is_a_warning_and_check_exits_0(tmp_path: Path) -> None:
     config = _meters(tmp_path, path="./incoming/*.csv")
     (tmp_path / "incoming").mkdir()
