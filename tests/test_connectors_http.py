@@ -202,7 +202,8 @@ def test_auth_header_secret_never_appears_in_errors_or_check(api, tmp_path, monk
     ok, detail = check_source(src)
     assert not ok and "401" in detail and TOKEN not in detail
     monkeypatch.setenv("TEST_API_KEY", TOKEN)
-    assert check_source(src) == (True, "HTTP 200")
+    ok, detail = check_source(src)
+    assert ok and detail.startswith("HTTP 200, first page: ") and "primary key and cursor found" in detail, detail
 
 
 @pytest.mark.parametrize("newest_first", [False, True], ids=["oldest-first", "newest-first"])

@@ -651,3 +651,50 @@ def file_stamps(pattern: str) -> dict[str, str]:
             continue
         stamps[p] = f"{st.st_size}:{st.st_mtime_ns}"
     return stamps
+
+
+#: JSON lines read to learn a file's keys (`citylake check`): a key only later records have is not seen
+SAMPLE_LINES = 1000
+
+
+def file_columns(source: Source, path: str) -> list[str]:
+    """The columns a file would give, read cheaply (for `citylake check`): a CSV's header, an XLSX sheet's
+    first row, a Parquet schema, the keys of the first SAMPLE_LINES JSON lines or of a JSON document's
+    records. Raises UnreadableFile as a load would."""
+    fmt = source.get("format")
+    if fmt == "csv":
+        first = _csv_header(source, path, _encoding(source))
+        if first is None:
+            raise UnreadableFile("empty file: no header line and no rows")
+        return _header(first, path) if source.get("header", True) else [f"column{i + 1}" for i in range(len(first))]
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with _open_seekable(path) as f:
+            return _header(pq.ParquetFile(f).schema_arrow.names, path)
+    if fmt == "xlsx":
+        from openpyxl import load_workbook
+
+        with _open_seekable(path) as f:
+            wb = load_workbook(f, read_only=True, data_only=True)
+            try:
+                ws = wb[source.get("sheet")] if source.get("sheet") else wb.worksheets[0]
+                first = next(ws.iter_rows(values_only=True, max_row=1), None) or ()
+                return _header(["" if h is None else str(h) for h in first], path)
+            finally:
+                wb.close()
+    if fmt == "jsonl":
+        lines: list[tuple[int, str]] = []
+        with open_stream(path) as raw, io.TextIOWrapper(raw, encoding=_encoding(source), newline="") as f:
+            try:
+                for n, line in enumerate(f, start=1):
+                    lines.append((n, line.rstrip("\r\n")))
+                    if n >= SAMPLE_LINES:
+                        break
+            except UnicodeDecodeError as exc:
+                raise _not_text(path, _encoding(source), exc) from None
+        records, _ = jsonl_records(iter(lines), path)
+    else:
+        table, _ = _json_document(source, path)
+        return [c for c in table.column_names if c != LOCATION]
+    return [c for c in text_table(records).column_names if c != LOCATION]
