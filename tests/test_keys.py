@@ -97,3 +97,27 @@ def test_json_numbers_are_numbers_in_keys(tmp_path):
     assert sorted((r["sensor"], r["pm25"]) for r in bronze_rows(cfg, src)) == [("101", "10"), ("101", "20.5")]
     (dupe,) = quarantine_rows(cfg, src)
     assert dupe["reason"] == "duplicate primary key 101|2025-01-01T00:00:00Z in one load (first kept)"
+
+
+def test_local_times_around_dst_are_read_as_documented():
+    """docs/reliability.md: a wall time that does not exist (spring forward) is read with the offset before
+    the change (02:30 CST = 03:30 CDT); an ambiguous one (fall back) as its later, standard-time instant."""
+    from pathlib import Path
+
+    import jinja2
+
+    macros = (Path(__file__).resolve().parent.parent / "dbt_project" / "macros" / "citylake_time.sql").read_text()
+    to_utc = jinja2.Environment().from_string(macros).module.citylake_to_utc
+    con = duckdb.connect()
+    con.execute("set timezone = 'UTC'")
+    expression = to_utc("raw", "America/Chicago")
+    got = con.execute(
+        f"select raw, cast({expression} as varchar) from (values ('2025-03-09 02:30:00'), ('2025-11-02 01:30:00'),"
+        " ('2025-11-02 00:30:00'), ('2025-03-09 03:30:00')) as t(raw) order by raw"
+    ).fetchall()
+    assert got == [
+        ("2025-03-09 02:30:00", "2025-03-09 08:30:00+00"),  # does not exist: read as CST, = 03:30 CDT
+        ("2025-03-09 03:30:00", "2025-03-09 08:30:00+00"),
+        ("2025-11-02 00:30:00", "2025-11-02 05:30:00+00"),
+        ("2025-11-02 01:30:00", "2025-11-02 07:30:00+00"),  # twice that night: the later (CST) instant
+    ]
