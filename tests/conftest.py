@@ -32,12 +32,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_city_config(root: Path, city_dir: Path, lake: Path) -> Path:
+def write_city_config(root: Path, city_dir: Path, lake: Path, partitioned: bool = True) -> Path:
     """The reference city's city.yaml (and its bronze suites), pointed at `city_dir` and `lake`, with a free
-    port for Open311."""
+    port for Open311. `partitioned=False` drops its `partitions:` key (every run rebuilds every day): for
+    tests about something else, it saves the Dagster bookkeeping of ~60 days x 22 daily assets per run."""
     from orchestration.reference_city.config import write_config
 
-    return write_config(root, city_dir, lake, root / "state", free_port())
+    def edit(cfg: dict) -> None:
+        if not partitioned:
+            cfg.pop("partitions", None)
+
+    return write_config(root, city_dir, lake, root / "state", free_port(), edit)
 
 
 def citylake(*args: str, config: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -173,7 +173,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> CityRun:
 
     root = tmp_path_factory.mktemp("crash")
     generate(root / "riverton", **TEST_CITY)
-    config = write_city_config(root, root / "riverton", root / "lake")
+    config = write_city_config(root, root / "riverton", root / "lake", partitioned=False)
     cfg = yaml.safe_load(config.read_text())
     cfg["agencies"]["transport"]["ridership"]["batch_rows"] = BATCH_ROWS
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -119,7 +119,7 @@ def two_feeds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     feed, copies = police_feed(city_dir)
     (city_dir / "landing" / "police").mkdir(parents=True)
     feed.to_csv(city_dir / "landing" / "police" / "incidents.csv", index=False)
-    config = write_city_config(root, city_dir, root / "lake")
+    config = write_city_config(root, city_dir, root / "lake", partitioned=False)
     cfg = yaml.safe_load(config.read_text())
     cfg["agencies"]["police"] = {"incidents": POLICE}
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -31,7 +31,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> CityRun:
     generate(root / "riverton", **TINY)
     return CityRun(
         root,
-        write_city_config(root, root / "riverton", root / "lake"),
+        write_city_config(root, root / "riverton", root / "lake", partitioned=False),
         root / "riverton",
         root / "lake",
         root / "state",

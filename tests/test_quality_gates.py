@@ -66,7 +66,8 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> CityRun:
     root = tmp_path_factory.mktemp("gates")
     city_dir = root / "riverton"
     generate(city_dir, start=date(2025, 3, 1), **SMALL)
-    run = CityRun(root, write_city_config(root, city_dir, root / "lake"), city_dir, root / "lake", root / "state")
+    config = write_city_config(root, city_dir, root / "lake", partitioned=False)
+    run = CityRun(root, config, city_dir, root / "lake", root / "state")
     # vendor B must have delivered within the last N hours; N covers the generated history for now
     age = (dt.datetime.now(dt.UTC) - dt.datetime(2025, 3, 1, tzinfo=dt.UTC)).total_seconds() / 3600
     set_config(

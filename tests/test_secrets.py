@@ -88,7 +88,7 @@ def secret_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretRun]:
     api = f"http://127.0.0.1:{server.server_address[1]}"
     root = tmp_path_factory.mktemp("secrets")
     generate(root / "riverton", scale=0.2, days=30, start=date(2025, 2, 1), seed=5)
-    config = write_city_config(root, root / "riverton", root / "lake")
+    config = write_city_config(root, root / "riverton", root / "lake", partitioned=False)
     run = CityRun(root, config, root / "riverton", root / "lake", root / "state")
     cfg = yaml.safe_load(run.config.read_text())
     good_dsn = "postgresql://postgres:${CITYLAKE_TEST_PG_PASSWORD}@127.0.0.1:5432/test"
