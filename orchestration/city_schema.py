@@ -118,8 +118,6 @@ class District(_Model):
     lon: Expression | None = None
     """from: coordinates: the longitude column (or SQL expression)."""
 
-    model_config = ConfigDict(populate_by_name=False)
-
 
 class Freshness(_Model):
     """The newest row must be at most max_delay_hours old (a bronze quality gate)."""

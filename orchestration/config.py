@@ -5,6 +5,13 @@ Relative paths in the file are relative to the file's own folder, so a config wo
 working directory. Secrets are written as `${ENV_VAR}` and resolved from the environment only when a
 source is used, so `citylake check` can name a missing variable without printing any value.
 
+Every key, its type, its default and its meaning are one typed model, `orchestration/city_schema.py`
+(published for editors as docs/city.schema.json). `load_config` checks the raw YAML against it first:
+a key the model does not name is an error at every level (naming the key path and the closest valid
+key: `personal_date: unknown key; did you mean personal_data?`), as is a value of the wrong type; only
+top-level `x-<name>` blocks (YAML anchors) are ignored. The checks here then test what a type cannot
+say. `Source.get` falls back to the model's defaults.
+
 Top-level keys (the user-facing contract is in README.md; every key is documented there too):
 
 - `city`: `name`, `timezone` (IANA).
@@ -53,7 +60,8 @@ MAX_DEPTH levels and MAX_NODES values once anchors/aliases are expanded, no key 
 agency, source and sink names match NAME_RULE; column names (primary_key, cursor, freshness.column) are
 COLUMN_RULE; `table:` is [schema.]table; `query:` one read statement; a `columns:`/`district:`/
 `population_format.code` value one scalar SQL expression over the source's row (`expression_problem` in
-dbt_build); a files glob has no `..` after its first wildcard. Known keys have their types and ranges.
+dbt_build); a files glob has no `..` after its first wildcard. Known keys have their types and ranges
+(the model's); unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -142,7 +150,8 @@ class Source:
     source column or SQL expression), district ({from: coordinates|code|name, ...}), units,
     freshness ({column, max_delay_hours}: the newest row must be at most that old), volume
     ({max_drop}: the table may not shrink by more than this share between validated runs; 0.5),
-    personal_data ({drop: [...], hash: [...]}: see the module docstring).
+    personal_data ({drop: [...], hash: [...]}: see the module docstring). The keys each kind takes, their
+    types and defaults: city_schema's PostgresSource ... MqttSource.
     """
 
     agency: str

@@ -5,6 +5,9 @@ from __future__ import annotations
 from orchestration.config import ConfigError, Source, pii_key
 from orchestration.connectors import redact
 
+#: an http_json probe waits this long unless the source sets timeout_s (its reads wait 30 s by default)
+PROBE_TIMEOUT_S = 10
+
 __all__ = ["check_source", "redact"]
 
 
@@ -51,7 +54,7 @@ def _probe(source: Source) -> tuple[bool, str]:
         headers = {k: source.secret_value(v, f"headers.{k}") for k, v in (source.get("headers") or {}).items()}
         req = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
         try:
-            with urllib.request.urlopen(req, timeout=float(source.get("timeout_s", 10))) as resp:
+            with urllib.request.urlopen(req, timeout=float(source.raw.get("timeout_s", PROBE_TIMEOUT_S))) as resp:
                 return True, f"HTTP {resp.status}"
         except urllib.error.HTTPError as exc:
             return False, f"HTTP {exc.code} {exc.reason} from {source.get('url')}"

@@ -17,8 +17,6 @@ import pyarrow as pa
 from orchestration.config import Source
 from orchestration.connectors import Landing
 
-BATCH_ROWS = 50_000
-
 
 def connect(source: Source):
     """A DB-API connection for the source (drivers imported only when that kind is used)."""
@@ -96,7 +94,7 @@ def _streaming_cursor(conn, source: Source):
 
 def batch_rows(source: Source) -> int:
     """Rows per batch (`batch_rows:`, default 50 000): bounds the memory a load needs."""
-    return int(source.get("batch_rows", BATCH_ROWS))
+    return int(source.get("batch_rows"))
 
 
 def read_sql(source: Source, cursor: Any | None) -> Iterator[Landing]:
