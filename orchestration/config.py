@@ -6,6 +6,13 @@ Relative paths in the file are relative to the file's own folder, so a config wo
 working directory. Secrets are written as `${ENV_VAR}` and resolved from the environment only when a
 source is used, so `citylake check` can name a missing variable without printing any value.
 
+Every key, its type, its default and its meaning are one typed model, `orchestration/city_schema.py`
+(published for editors as docs/city.schema.json). `load_config` checks the raw YAML against it first:
+a key the model does not name is an error at every level (naming the key path and the closest valid
+key: `personal_date: unknown key; did you mean personal_data?`), as is a value of the wrong type; only
+top-level `x-<name>` blocks (YAML anchors) are ignored. The checks here then test what a type cannot
+say. `Source.get` falls back to the model's defaults.
+
 Top-level keys (the user-facing contract is in README.md; every key is documented there too):
 
 - `city`: `name`, `timezone` (IANA).
@@ -57,12 +64,13 @@ agency, source and sink names match NAME_RULE; column names (primary_key, cursor
 COLUMN_RULE; `table:` is [schema.]table; `query:` one SELECT (`query_problem` in sql_rules); a
 `columns:`/`district:`/`population_format.code` value one scalar SQL expression over the source's row
 (`expression_problem` in dbt_build); a files glob has no `..` after its first wildcard. Known keys have
-their types and ranges.
+their types and ranges (the model's); unknown keys are refused.
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 import datetime as dt
 import os
 import re
@@ -75,15 +83,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from orchestration import city_schema
+from orchestration.city_schema import DISTRICT_METHODS, FILE_FORMATS, SOURCE_KINDS, source_defaults
+from orchestration.city_schema import shown as _shown
 from orchestration.entities import ENTITIES
 from orchestration.sql_rules import DIALECTS, query_problem
 
 DEFAULT_CONFIG = "city.yaml"
 #: the reference city of a checkout: the config when none is named and there is no ./city.yaml
 REFERENCE_CONFIG = "cities/riverton/city.yaml"
-SOURCE_KINDS = ("postgres", "mysql", "sqlite", "http_json", "files", "mqtt")
-FILE_FORMATS = ("csv", "xlsx", "json", "jsonl", "parquet")
-DISTRICT_METHODS = ("coordinates", "code", "name")
+__all__ = ["DISTRICT_METHODS", "FILE_FORMATS", "SOURCE_KINDS"]
 #: agency, source and sink names: they become asset keys, Delta folders, dbt model names (stg_<agency>__<source>)
 #: and PostgreSQL identifiers, so lower_snake_case, at most 63 characters and no '__' (the model-name separator)
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -153,7 +162,8 @@ class Source:
     source column or SQL expression), district ({from: coordinates|code|name, ...}), units,
     freshness ({column, max_delay_hours}: the newest row must be at most that old), volume
     ({max_drop}: the table may not shrink by more than this share between validated runs; 0.5),
-    personal_data ({drop: [...], hash: [...]}: see the module docstring).
+    personal_data ({drop: [...], hash: [...]}: see the module docstring). The keys each kind takes, their
+    types and defaults: city_schema's PostgresSource ... MqttSource.
     """
 
     agency: str
@@ -180,7 +190,10 @@ class Source:
         return f"agencies.{self.agency}.{self.name}"
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.raw.get(key, default)
+        """The value of `key` as written, else its default in the model (city_schema), else `default`."""
+        if key in self.raw:
+            return self.raw[key]
+        return copy.deepcopy(source_defaults(self.kind).get(key, default))
 
     def secret(self, key: str) -> str:
         """A connection string with `${VAR}` resolved (never log the result)."""
@@ -296,11 +309,8 @@ COLUMN_RULE = "a column name: 1 to 256 characters without double quotes, backtic
 #: `table:` of a SQL source: [catalog.][schema.]table, each part letters, digits, _, $, - or spaces
 _TABLE = re.compile(r"[\w $-]{1,128}(?:\.[\w $-]{1,128}){0,2}")
 _WILDCARD = re.compile(r"[*?\[]")
-#: optional source keys and the values they take (checked when present)
+#: optional text keys of a source: their type is the model's (city_schema), here they may not hold NUL
 _TEXT_KEYS = ("dsn", "url", "topic", "client_id", "records_path", "sheet", "landing")
-_INT_KEYS = {"batch_rows": (1, 10_000_000), "max_retries": (0, 100), "qos": (0, 2), "sensor_interval_s": (1, 86_400)}
-_NUMBER_KEYS = {"timeout_s": (0.001, 3600), "backoff_s": (0, 3600), "max_document_mb": (1, 100_000)}
-_BOOL_KEYS = ("header", "sensor")
 #: the only URL schemes an http_json source is read over (urllib would open file:// and ftp:// too)
 HTTP_SCHEMES = ("http", "https")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
@@ -309,12 +319,6 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 def valid_name(name: str) -> bool:
     """An agency, source or sink name (see NAME_RULE)."""
     return bool(_NAME.fullmatch(name)) and "__" not in name
-
-
-def _shown(value: Any) -> str:
-    """A value as an error message shows it: its type and a bounded repr (never a whole hostile value)."""
-    text = repr(value)
-    return f"{type(value).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"
 
 
 def _text(value: Any, where: str, hint: str, scalars: bool = False) -> str:
@@ -420,19 +424,11 @@ def _check_schedule(value: Any, where: str) -> str:
 
 
 def _check_source_values(raw: dict, where: str, kind: str) -> None:
-    """Types and ranges of a source's optional keys, so a wrong value fails here rather than mid-run."""
+    """What the model's types cannot say about a source's optional keys (their types and ranges are the
+    model's, city_schema), so a wrong value fails here rather than mid-run."""
     for key in _TEXT_KEYS:
         if key in raw:
             _text(raw[key], f"{where}.{key}", "text")
-    for key, (low, high) in _INT_KEYS.items():
-        if key in raw:
-            _number(raw[key], f"{where}.{key}", low, high, integer=True)
-    for key, (low, high) in _NUMBER_KEYS.items():
-        if key in raw:
-            _number(raw[key], f"{where}.{key}", low, high)
-    for key in _BOOL_KEYS:
-        if key in raw and not isinstance(raw[key], bool):
-            raise ConfigError(f"{where}.{key}: true or false, got {_shown(raw[key])}")
     if "delimiter" in raw:
         d = raw["delimiter"]
         if not isinstance(d, str) or len(d) != 1 or d in '"\r\n':
@@ -604,7 +600,9 @@ def _parse_source(agency: str, name: str, raw: Any, base: Path, city_tz: str) ->
             )
         column_name(fresh["column"], f"{where}.freshness.column")
         _number(delay, f"{where}.freshness.max_delay_hours", 0.001, 87_840)
-    drop = _mapping(raw.get("volume"), f"{where}.volume").get("max_drop", 0.5)
+    drop = _mapping(raw.get("volume"), f"{where}.volume").get(
+        "max_drop", city_schema.default(city_schema.Volume, "max_drop")
+    )
     if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
         raise ConfigError(f"{where}.volume.max_drop: a share between 0 and 1 (e.g. 0.5), got {_shown(drop)}")
     personal = _parse_personal_data(raw.get("personal_data"), where, pk, raw, columns, district)
@@ -716,7 +714,7 @@ def _parse_sinks(value: Any) -> dict[str, dict[str, Any]]:
         _text(
             _require(raw, "dsn", where, "the connection string, e.g. dsn: ${CITYLAKE_PG_DSN}"), f"{where}.dsn", "text"
         )
-        raw.setdefault("schema", "citylake")
+        raw.setdefault("schema", city_schema.default(city_schema.PostgresSink, "schema"))
         for key in ("schema", "reader_role"):
             if key in raw and not (isinstance(raw[key], str) and valid_name(raw[key])):
                 raise ConfigError(f"{where}.{key}: a PostgreSQL name, {NAME_RULE}; got {_shown(raw[key])}")
@@ -745,7 +743,7 @@ def _parse_partitions(value: Any) -> dt.date:
     unknown = set(d) - {"start"}
     if unknown:
         raise ConfigError(f"partitions.{sorted(unknown, key=str)[0]}: unknown key; the only key is start")
-    start = d.get("start", dt.date(2000, 1, 1))
+    start = d.get("start", city_schema.default(city_schema.Partitions, "start"))
     if isinstance(start, dt.datetime):
         start = start.date()
     if not isinstance(start, dt.date):
@@ -921,6 +919,10 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
             "or run `citylake generate` to create the reference city"
         )
     data = _mapping(read_yaml(p), str(p))
+    # the model first: an unknown key or a value of the wrong type is refused before anything is read
+    refused, left = city_schema.problems(data)
+    if refused:
+        raise ConfigError(refused[0])
     base = p.parent
     city = _mapping(_require(data, "city", "city.yaml", "add a city: block with name and timezone"), "city")
     name = _text(
@@ -942,7 +944,14 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         )
     else:
         catalog = Path(root) / "catalog.duckdb"
-    state_dir = Path(_path(base, data.get("state_dir", "./.citylake"), "state_dir", "a local folder"))
+    state_dir = Path(
+        _path(
+            base,
+            data.get("state_dir", city_schema.default(city_schema.CityFile, "state_dir")),
+            "state_dir",
+            "a local folder",
+        )
+    )
     districts = _mapping(
         _require(data, "districts", "city.yaml", "add districts: {boundaries, population}"), "districts"
     )
@@ -965,8 +974,15 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
     for key, f in (("districts.boundaries", boundaries), ("districts.population", population)):
         if not _exists(f):
             raise ConfigError(f"{key}: {f} does not exist; fix the path (relative to {base})")
-    code_property = _text(districts.get("code_property", "code"), "districts.code_property", "a property name", True)
-    name_property = _text(districts.get("name_property", "name"), "districts.name_property", "a property name", True)
+    code_property, name_property = (
+        _text(
+            districts.get(key, city_schema.default(city_schema.Districts, key)),
+            f"districts.{key}",
+            "a property name",
+            True,
+        )
+        for key in ("code_property", "name_property")
+    )
     refs = {}
     for key, value in _mapping(data.get("reference_data"), "reference_data").items():
         if key not in ("district_crosswalk", "service_categories", "waste_streams"):
@@ -984,7 +1000,7 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
             sources.append(_parse_source(str(agency), str(sname), raw, base, tz))
     if not sources:
         raise ConfigError("agencies: no sources declared; add at least one agency source")
-    return CityConfig(
+    cfg = CityConfig(
         path=p,
         name=name,
         timezone=tz,
@@ -1004,3 +1020,7 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         partitions_start=None if data.get("partitions") is None else _parse_partitions(data.get("partitions")),
         deduplicate=_parse_deduplicate(data.get("deduplicate"), sources),
     )
+    if left:
+        # what the model refuses that the checks above let through (they name better fixes, so go first)
+        raise ConfigError(left[0])
+    return cfg

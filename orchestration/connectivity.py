@@ -23,6 +23,9 @@ from collections.abc import Iterable, Sequence
 from orchestration.config import ConfigError, Source, pii_key
 from orchestration.connectors import redact
 
+#: an http_json probe waits this long unless the source sets timeout_s (its reads wait 30 s by default)
+PROBE_TIMEOUT_S = 10
+
 __all__ = ["FAIL", "OK", "WARN", "check_source", "redact", "source_status"]
 
 OK, WARN, FAIL = "ok", "warn", "fail"

@@ -661,7 +661,7 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
         loader.bronze_files = {f for f, _ in in_bronze}
         loaded = in_bronze | _file_pairs(loader.quri, read_options(source))
     pending: list[Landing] = []
-    budget = int(source.get("batch_rows", 50_000))
+    budget = source.get("batch_rows")  # mqtt: rows per commit (the model's default when unset)
     for landing in read_source(source, result.cursor_before, loaded):
         if source.kind == "files":
             loader.load_file(landing)

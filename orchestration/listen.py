@@ -49,7 +49,7 @@ class SourceListener:
         self.source, self.log = source, log
         self.folder = landing_dir(source)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.qos = int(source.get("qos", 1))
+        self.qos = int(source.get("qos"))
         self.pending = _Pending()
         self.lock = threading.Lock()
         self.landed = 0

@@ -470,6 +470,8 @@ def test_double_star_does_not_follow_symlinked_folders(tmp_path):
 
 def _city(tmp_path: Path, **source) -> Path:
     spec = {"kind": "files", "path": "./drop/*.csv", "format": "csv", "primary_key": ["id"], **source}
+    if spec["kind"] != "files":
+        del spec["format"]  # only files sources take it: an unknown key on any other kind
     return city_yaml(tmp_path, {"energy": {"meters": spec}})
 
 
@@ -568,7 +570,10 @@ def test_agency_and_source_names_that_would_break_an_identifier_are_refused(tmp_
         ({"path": "./drop/\x00.csv"}, "agencies.energy.meters.path: holds a NUL character"),
         ({"delimiter": ";;"}, "agencies.energy.meters.delimiter: one character"),
         ({"encoding": "rot13"}, "agencies.energy.meters.encoding: 'rot13' is not a text encoding"),
-        ({"batch_rows": 10**30}, "agencies.energy.meters.batch_rows: a whole number from 1 to 10 000 000"),
+        (
+            {"kind": "sqlite", "path": "./t.sqlite", "table": "t", "batch_rows": 10**30},
+            "agencies.energy.meters.batch_rows: a whole number from 1 to 10 000 000",
+        ),
         ({"schedule": "every day"}, "agencies.energy.meters.schedule: 'every day' is not a cron string"),
         ({"feeds": ["energy_consumption"]}, "agencies.energy.meters.feeds: list ['energy_consumption'] is not"),
     ],

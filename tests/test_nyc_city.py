@@ -358,7 +358,10 @@ def test_a_wide_census_table_is_read_as_code_population_year(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("fmt", "message"),
     [
-        ({"layout": "long", "code": "c", "year_columns": "(\\d+)"}, "layout: only 'wide'"),
+        (
+            {"layout": "long", "code": "c", "year_columns": "(\\d+)"},
+            "layout: str 'long' is not a population layout; use wide",
+        ),
         ({"layout": "wide", "year_columns": "(\\d+)"}, "population_format.code is missing"),
         ({"layout": "wide", "code": "c", "year_columns": "Population"}, "needs a group capturing the year"),
         ({"layout": "wide", "code": "c", "year_columns": "(", "extra": 1}, "extra: unknown key"),

@@ -162,7 +162,11 @@ def test_hashing_without_a_usable_key_fails_before_anything_is_written(tmp_path:
         ({"remove": ["email"]}, {}, "personal_data.remove: unknown key; use drop and hash"),
         ({"drop": ["email"], "hash": ["email"]}, {}, "'email' is listed under both drop and hash"),
         ({"drop": ["id"]}, {}, "personal_data.drop: 'id' is part of primary_key; hash it instead"),
-        ({"hash": ["seen_at"]}, {"cursor": "seen_at"}, "'seen_at' is the cursor column"),
+        (
+            {"hash": ["seen_at"]},
+            {"kind": "sqlite", "table": "tips", "cursor": "seen_at"},
+            "'seen_at' is the cursor column",
+        ),
         ({"drop": "phone"}, {}, None),  # a single name is accepted as a one-item list
         ({"drop": [""]}, {}, "personal_data.drop: a list of source column names"),
         (
@@ -177,6 +181,8 @@ def test_personal_data_rules_are_checked_when_city_yaml_loads(tmp_path, rules, e
     if extra.get("feeds"):
         extra["columns"] = {"service_request_id": "id", "requested_at": "at", "service_code": "code"}
     spec.update(extra)
+    if spec["kind"] != "files":
+        del spec["format"]  # only files sources take it
     if expected is None:
         _, src = one_source(tmp_path, "a", "s", spec)
         assert src.personal_data == {"drop": ("phone",), "hash": ()}

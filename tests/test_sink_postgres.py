@@ -170,7 +170,7 @@ def test_sinks_config_is_validated_with_the_key_and_the_fix(city_run: CityRun, t
     assert good.sinks == {"postgres": {"dsn": "${CITYLAKE_PG_DSN}", "schema": "citylake"}}
     assert load_config(city_run.config).sinks == {}
     cases = {
-        "sinks.bigquery: unknown sink; use one of postgres": {"bigquery": {"dsn": "x"}},
+        "sinks.bigquery: unknown key; use postgres": {"bigquery": {"dsn": "x"}},
         "sinks.postgres.dsn is missing: the connection string, e.g. dsn: ${CITYLAKE_PG_DSN}": {"postgres": {}},
         "sinks.postgres.schema: a PostgreSQL name, lower_snake_case": {
             "postgres": {"dsn": "x", "schema": "Drop Table"}

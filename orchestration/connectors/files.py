@@ -49,7 +49,6 @@ PIECE_ROWS = 200_000
 PIECE_BYTES = 32 << 20
 #: pyarrow's CSV block: a single CSV value (or a quote left open) may not exceed it
 CSV_BLOCK = 1 << 20
-MAX_DOCUMENT_MB = 100
 #: a JSON line longer than this refuses its file; a rejected record keeps at most MAX_RECORD characters
 MAX_LINE = 64 << 20
 MAX_RECORD = 10_000
@@ -188,7 +187,8 @@ def list_files(source: Source) -> list[str]:
 
 def read_options(source: Source) -> str:
     """A fingerprint of the keys that decide how the source's files are read."""
-    given = {k: source.get(k) for k in READ_KEYS if k != "primary_key"}
+    # as written, not with the model's defaults: a default added later must not make every file new
+    given = {k: source.raw.get(k) for k in READ_KEYS if k != "primary_key"}
     given["primary_key"] = list(source.primary_key)
     return hashlib.sha256(json.dumps(given, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -252,7 +252,7 @@ def _pieces(source: Source, path: str) -> Iterator[Piece]:
 
 def _encoding(source: Source) -> str:
     """The configured encoding's codec name; every spelling of UTF-8 means UTF-8 with an optional BOM."""
-    name = codecs.lookup(source.get("encoding", "utf-8")).name
+    name = codecs.lookup(source.get("encoding")).name
     return "utf-8-sig" if name in ("utf-8", "utf-8-sig") else name
 
 
@@ -300,7 +300,7 @@ def _require_keys(source: Source, names: list[str]) -> None:
     hint = "fix primary_key in city.yaml or the file's header"
     if len(names) == 1:
         for d in (";", "\t", "|", ","):
-            if d in names[0] and d != source.get("delimiter", ","):
+            if d in names[0] and d != source.get("delimiter"):
                 hint = f"the header is one column holding {d!r}: is the file {d!r}-separated? set delimiter: {d!r}"
                 break
     shown = ", ".join(repr(n[:60]) for n in names[:20]) + (", ..." if len(names) > 20 else "")
@@ -320,7 +320,7 @@ def _csv_header(source: Source, path: str, encoding: str) -> list[str] | None:
     if len(head) == CSV_BLOCK and "\n" not in text:
         raise UnreadableFile(f"the first line is longer than {CSV_BLOCK} bytes: not a CSV header")
     try:
-        first = next(csv.reader(io.StringIO(text, newline=""), delimiter=source.get("delimiter", ",")), [])
+        first = next(csv.reader(io.StringIO(text, newline=""), delimiter=source.get("delimiter")), [])
     except csv.Error as exc:
         raise UnreadableFile(f"the header line cannot be read as CSV: {exc}") from None
     if not first:
@@ -393,11 +393,11 @@ def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
     first = _csv_header(source, path, encoding)
     if first is None:
         raise UnreadableFile("empty file: no header line and no rows")
-    header = bool(source.get("header", True))
+    header = bool(source.get("header"))
     names = _header(first, path) if header else [f"column{i + 1}" for i in range(len(first))]
     if header:
         _require_keys(source, names)
-    delimiter = source.get("delimiter", ",")
+    delimiter = source.get("delimiter")
     sentinel = f"citylake-end-{secrets.token_hex(8)}"
     codec = "utf-8" if encoding == "utf-8-sig" else encoding
     end = "\n" + delimiter.join([sentinel] * len(names))
@@ -563,7 +563,7 @@ def _jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
 
 
 def _json_document(source: Source, path: str) -> Piece:
-    limit = source.get("max_document_mb", MAX_DOCUMENT_MB)
+    limit = source.get("max_document_mb")
     size = int(_stamp(path).split(":")[0])
     if size > limit * (1 << 20):
         raise UnreadableFile(

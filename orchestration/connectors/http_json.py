@@ -157,9 +157,9 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 def _get(client: Client, url: str, shown: str) -> tuple[Any, http.client.HTTPMessage]:
     """GET url as JSON with retries; `shown` is the URL as it may appear in messages."""
     source = client.source
-    timeout = float(source.get("timeout_s", 30))
-    retries = int(source.get("max_retries", 5))
-    backoff = float(source.get("backoff_s", 0.5))
+    timeout = float(source.get("timeout_s"))
+    retries = int(source.get("max_retries"))
+    backoff = float(source.get("backoff_s"))
     last = ""
     for attempt in range(retries + 1):
         wait = 0.0

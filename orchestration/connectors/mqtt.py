@@ -43,7 +43,7 @@ def pending_batches(source: Source) -> list[Path]:
 
 def broker(source: Source) -> dict:
     """Host, port, TLS and credentials of the source's broker (secrets resolved; never log them)."""
-    url = source.secret_value(source.get("url", "mqtt://127.0.0.1:1883"), "url")
+    url = source.secret_value(source.get("url"), "url")
     u = urlparse(url)
     if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
         raise ValueError(f"{source.where}.url: use mqtt://host:1883 or mqtts://host:8883, got scheme '{u.scheme}'")

@@ -25,7 +25,6 @@ import pyarrow as pa
 from orchestration.config import Source
 from orchestration.connectors import Landing
 
-BATCH_ROWS = 50_000
 #: MySQL modes that change how quotes and backslashes end a string (sqlglot parses without them)
 _QUOTING_MODES = ("ANSI_QUOTES", "NO_BACKSLASH_ESCAPES", "ANSI")
 
@@ -125,7 +124,7 @@ def _streaming_cursor(conn, source: Source):
 
 def batch_rows(source: Source) -> int:
     """Rows per batch (`batch_rows:`, default 50 000): bounds the memory a load needs."""
-    return int(source.get("batch_rows", BATCH_ROWS))
+    return int(source.get("batch_rows"))
 
 
 def read_sql(source: Source, cursor: Any | None) -> Iterator[Landing]:

@@ -14,8 +14,6 @@ import dagster as dg
 from orchestration.city import city
 from orchestration.config import Source
 
-DEFAULT_INTERVAL_S = 30
-
 
 def arrivals(source: Source) -> dict[str, str]:
     """Files waiting for the source now: path -> size and modification time."""
@@ -42,7 +40,7 @@ def arrival_sensor(source: Source) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"bronze_{source.agency}__{source.name}_arrivals",
         asset_selection=[key],
-        minimum_interval_seconds=int(source.get("sensor_interval_s", DEFAULT_INTERVAL_S)),
+        minimum_interval_seconds=int(source.get("sensor_interval_s")),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Starts bronze/{source.agency}/{source.name} when new "
         + ("MQTT batches land." if source.kind == "mqtt" else f"files match {source.get('path')}."),
@@ -66,7 +64,5 @@ def arrival_sensor(source: Source) -> dg.SensorDefinition:
 
 
 defs = dg.Definitions(
-    sensors=[
-        arrival_sensor(s) for s in city().sources if s.kind in ("files", "mqtt") and s.get("sensor", True) is not False
-    ]
+    sensors=[arrival_sensor(s) for s in city().sources if s.kind in ("files", "mqtt") and s.get("sensor") is not False]
 )

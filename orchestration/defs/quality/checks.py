@@ -25,6 +25,7 @@ import dagster as dg
 import pandas as pd
 
 from orchestration.city import city, dbt_project_dir
+from orchestration.city_schema import Volume, default
 from orchestration.config import Source
 from orchestration.lake import bronze_uri, quarantine_uri, read_table
 from orchestration.quality import (
@@ -44,7 +45,8 @@ from orchestration.quality import (
     with_age,
 )
 
-DEFAULT_MAX_DROP = 0.5
+#: volume.max_drop when a source or suite does not set it
+DEFAULT_MAX_DROP = default(Volume, "max_drop")
 
 
 @functools.cache
