@@ -11,6 +11,10 @@ Known failure (not in CI): a city that names a source `safety/collisions` or `se
 (as PRODUCT.md's own examples do) gets the reference city's bronze suite from the shared
 `expectations/bronze.<agency>.<source>.json` (orchestration/quality.py `bronze_suite`), which requires
 the reference city's column names, so its run fails at the bronze gate. Seeds 8 and 29 show it.
+Known failure (not in CI): an air source that reports daily means as dates (no time) in a zone east of
+the city's: citylake puts the date at midnight in the source's zone and then takes the city's local
+date, so the daily mean moves to the day before (PRODUCT.md: it belongs to that local date). Seed 31
+shows it (source Asia/Kathmandu, city America/Chicago: 2021-01-01 counts in December 2020).
 """
 
 from __future__ import annotations
