@@ -107,7 +107,9 @@ def test_local_times_around_dst_are_read_as_documented():
     import jinja2
 
     macros = (Path(__file__).resolve().parent.parent / "dbt_project" / "macros" / "citylake_time.sql").read_text()
-    to_utc = jinja2.Environment().from_string(macros).module.citylake_to_utc
+    env = jinja2.Environment()
+    env.globals["var"] = {"city_timezone": "America/Chicago"}.get
+    to_utc = env.from_string(macros).module.citylake_to_utc
     con = duckdb.connect()
     con.execute("set timezone = 'UTC'")
     expression = to_utc("raw", "America/Chicago")
@@ -120,4 +122,30 @@ def test_local_times_around_dst_are_read_as_documented():
         ("2025-03-09 03:30:00", "2025-03-09 08:30:00+00"),
         ("2025-11-02 00:30:00", "2025-11-02 05:30:00+00"),
         ("2025-11-02 01:30:00", "2025-11-02 07:30:00+00"),  # twice that night: the later (CST) instant
+    ]
+
+
+def test_a_date_alone_is_the_city_s_calendar_day_whatever_the_source_zone():
+    """A daily mean dated 2021-01-01 by a source in Kathmandu belongs to 1 January in a Chicago city
+    (PRODUCT: a date without a time belongs to that local date), not to 31 December."""
+    from pathlib import Path
+
+    import jinja2
+
+    macros = (Path(__file__).resolve().parent.parent / "dbt_project" / "macros" / "citylake_time.sql").read_text()
+    env = jinja2.Environment()
+    env.globals["var"] = {"city_timezone": "America/Chicago"}.get
+    module = env.from_string(macros).module
+    con = duckdb.connect()
+    con.execute("set timezone = 'UTC'")
+    instant = module.citylake_to_utc("raw", "Asia/Kathmandu")
+    local_day = module.citylake_local_date(instant)
+    got = con.execute(
+        f"select cast({instant} as varchar), {local_day} from (values ('2021-01-01'), ('2021-01-01 00:30')) t(raw)"
+    ).fetchall()
+    import datetime as dt
+
+    assert got == [
+        ("2021-01-01 06:00:00+00", dt.date(2021, 1, 1)),  # the city's midnight
+        ("2020-12-31 18:45:00+00", dt.date(2020, 12, 31)),  # a wall time stays the source's own
     ]

@@ -3,18 +3,15 @@
 independently in pandas + shapely (value, numerator, denominator, coverage to 1e-9 relative), and no
 other row may exist.
 
-Three fixed seeds run in CI. `CITYLAKE_RANDOM_CITIES=N` runs N more, drawn from the clock and printed
+Five fixed seeds run in CI. `CITYLAKE_RANDOM_CITIES=N` runs N more, drawn from the clock and printed
 in the test id, so a failure names the seed that reproduces it; `CITYLAKE_RANDOM_SEEDS=5,42` runs
 those seeds instead of the CI ones (`make_city(seed, folder)` rebuilds the city alone).
 
-Known failure (not in CI): a city that names a source `safety/collisions` or `service_requests/requests`
-(as PRODUCT.md's own examples do) gets the reference city's bronze suite from the shared
-`expectations/bronze.<agency>.<source>.json` (orchestration/quality.py `bronze_suite`), which requires
-the reference city's column names, so its run fails at the bronze gate. Seeds 8 and 29 show it.
-Known failure (not in CI): an air source that reports daily means as dates (no time) in a zone east of
-the city's: citylake puts the date at midnight in the source's zone and then takes the city's local
-date, so the daily mean moves to the day before (PRODUCT.md: it belongs to that local date). Seed 31
-shows it (source Asia/Kathmandu, city America/Chicago: 2021-01-01 counts in December 2020).
+Found by this test and fixed: a city naming a source `safety/collisions` or `service_requests/requests`
+inherited the reference city's bronze suite from the shared expectations/ (seeds 8 and 29; bronze suites
+now live in each city's folder); an air source reporting daily means as dates in a zone east of the
+city's moved them to the day before (seed 31, source Asia/Kathmandu, city America/Chicago; a date alone
+is now the city's calendar day). Seeds 29 and 31 run in CI as their regressions.
 """
 
 from __future__ import annotations
@@ -32,7 +29,8 @@ import pytest
 from tests.conftest import citylake
 from tests.random_city import INDICATOR, make_city
 
-CI_SEEDS = [6, 19, 32]  # together: all three entities, 1 to 33 districts, all six zones, code and coordinates
+# together: all three entities, 1 to 33 districts, all six zones, code and coordinates; 29 and 31 regressions
+CI_SEEDS = [6, 19, 32, 29, 31]
 _extra = int(os.environ.get("CITYLAKE_RANDOM_CITIES", "0") or 0)
 _base = int(time.time())
 _chosen = [int(s) for s in os.environ.get("CITYLAKE_RANDOM_SEEDS", "").split(",") if s.strip()]

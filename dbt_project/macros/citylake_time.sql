@@ -2,10 +2,14 @@
 
 {% macro citylake_to_utc(raw, timezone) -%}
     {#- A text timestamp to a UTC instant: one with an offset (Z, +02:00) is exact; one without is a
-        wall time in the source's declared zone (daylight-saving days included). -#}
+        wall time in the source's declared zone (daylight-saving days included). A date alone (a daily
+        mean) is a calendar day of the city: its local midnight in the city's zone, so that it keeps its
+        date whatever zone its source is in. -#}
     case
         when regexp_matches({{ raw }}, '\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)? ?(Z|[+-]\d\d(:?\d\d)?)$')
             then try_cast({{ raw }} as timestamptz)
+        when regexp_matches(trim({{ raw }}), '^\d{4}-\d\d-\d\d$')
+            then try_cast(trim({{ raw }}) as timestamp) at time zone '{{ var("city_timezone") }}'
         -- (a wall time near DuckDB's limits would overflow the zone conversion: read as unreadable)
         when year(try_cast({{ raw }} as timestamp)) between 1 and 9999
             then try_cast({{ raw }} as timestamp) at time zone '{{ timezone }}'
