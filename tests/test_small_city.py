@@ -55,6 +55,8 @@ def write_city(root: Path) -> Path:
         + "".join(f"Z,{n},2025-03-{n:02d} 08:30,0,1,S2\n" for n in range(10, 20))
         + f"F,1,{tomorrow} 23:00,1,0,S2\n"
     )
+    # the same key in a second file of the same run (one load instant): the later file path is the record
+    (drop / "crashes_late.csv").write_text("zone,seq,at,dead,hurt,ward\nZ,1,2025-03-05 12:00,0,7,S2\n")
     (drop / "calls.csv").write_text(
         "ticket,opened,closed,kind,ward\n"
         "1,2025-03-01 09:00,2025-03-02 09:00,POTHOLE,N1\n"  # 1 day
@@ -71,7 +73,7 @@ def write_city(root: Path) -> Path:
         "agencies": {
             "roads_police": {
                 "crashes": {
-                    "kind": "files", "path": "./drop/crashes.csv", "format": "csv",
+                    "kind": "files", "path": "./drop/crashes*.csv", "format": "csv",
                     "primary_key": ["zone", "seq"], "feeds": "road_collisions",
                     "columns": {"collision_id": "zone || '/' || seq", "accident_at": "at",
                                 "dead_within_30_days": "dead", "injured": "hurt"},
@@ -133,6 +135,8 @@ def test_a_city_without_reference_data_publishes_and_says_what_is_absent(city):
     assert notes["iso37120_18_8"] is None
     with duckdb.connect(str(city.parent / "state" / "warehouse.duckdb"), read_only=True) as con:
         keys = con.execute("select record_key from fct_road_collisions order by 1").fetchall()
+        tie = con.execute("select injured from fct_road_collisions where record_key = 'Z|1'").fetchall()
+    assert tie == [(7,)]  # crashes_late.csv sorts after crashes.csv
     assert keys[:3] == [("A\\|b|c",), ("A|b\\|c",), ("Z|1",)] and len(keys) == 13
     tomorrow = dt.datetime.now(ZoneInfo(TZ)).date() + dt.timedelta(days=1)
     assert held == [("F|1", f"accident_at {tomorrow} is in the future")]
