@@ -2,7 +2,9 @@
 
 Everything is derived from one numpy Generator seeded by the caller, so the same arguments always yield
 byte-identical files. `build` returns the city in memory (clean records, bad records, reference tables);
-`write` lays it out on disk; `generate` does both and adds the ground truth.
+`write` lays it out on disk; `generate` does both and adds the ground truth. `scale` multiplies the people
+and the records together; each record's amount is sized from the residents it serves, so the per-capita
+indicators are a real city's at every scale (docs/indicators.md, "Plausible values").
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ SERVICES: dict[str, tuple[str, str, int, str, float]] = {
     "TREE": ("Tree maintenance", "parks", 14, "Parks and Public Space", 0.10),
 }
 WASTE_STREAMS = {"Refuse": "refuse", "Recycling": "recycling", "Organics": "organics", "Bulk": "other"}
+
+# What Riverton's residents use, per resident: each record's amount is sized from the residents it serves
+# (a stop area's share of its district, a residential feeder's share of its district, a large account's
+# share of the city, a collection round's share of its district). The sources keep their own units: kWh,
+# tonnes, boardings.
+BOARDINGS_PER_RESIDENT_WEEKDAY = 0.6  # weekends 0.6 x that: ~15 trips per resident per month, a city with a metro
+# kWh per resident per month, before the seasonal swing (January +25 %, July -25 %): ~380 in all in February
+KWH_PER_RESIDENT_MONTH = {"residential": 125.0, "commercial": 105.0, "industrial": 40.0, "public": 15.0}
+# kg per resident per week on a collection round that collects the stream (every round collects refuse;
+# 80 % recycling, 50 % organics, 30 % bulk): ~10 kg a week, ~21 % of it recycling
+WASTE_KG_PER_RESIDENT_WEEK = {"Refuse": 7.0, "Recycling": 2.6, "Organics": 1.6, "Bulk": 0.8}
 
 # Bad-record source names, as the pipeline's quarantine reports them.
 SOURCES = {
@@ -175,6 +188,26 @@ def _count(base: float, scale: float, minimum: int = 8) -> int:
     return max(minimum, round(base * scale))
 
 
+def _residents(population: pd.DataFrame) -> np.ndarray:
+    """The latest census count of each district, in CODES order: whom the records serve."""
+    latest = population[population["year"] == population["year"].max()].set_index("code")["population"]
+    return latest.loc[CODES].to_numpy(float)
+
+
+def _served(residents: np.ndarray, district: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+    """Residents each record serves: its district's people shared equally among the records of that district
+    (and group, e.g. sector). A record with no district (-1) serves the whole city's share of its group."""
+    group = np.zeros(len(district), int) if group is None else group
+    out = np.empty(len(district))
+    for g in np.unique(group):
+        in_group = group == g
+        for d in np.unique(district[in_group]):
+            mine = in_group & (district == d)
+            people = residents.sum() if d < 0 else residents[d]
+            out[mine] = people / (in_group.sum() if d < 0 else mine.sum())
+    return out
+
+
 def _points(rng: np.random.Generator, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Random (lat, lon) strictly inside each given district index, away from edges so ownership is clear."""
     b = np.array([district_bounds()[str(c)] for c in CODES])[idx]
@@ -245,7 +278,9 @@ def _crosswalk() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["alias", "district_code"])
 
 
-def _transport(rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int) -> tuple:
+def _transport(
+    rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int, residents: np.ndarray
+) -> tuple:
     n = _count(60, scale)
     dist = rng.permutation(np.arange(n) % 8)
     rail = rng.random(n) < 0.2
@@ -264,7 +299,12 @@ def _transport(rng: np.random.Generator, scale: float, start: date, days: int, n
         }
     )
     dates = pd.date_range(start, periods=days, freq="D")
-    base = rng.lognormal(np.log(150), 0.6, n) * np.where(rail, 4, 1)
+    # A stop_id is a stop area (rail: a station): its district's weekday trips, shared by weight; some
+    # districts ride more than others.
+    weight = rng.lognormal(np.log(150), 0.6, n) * np.where(rail, 4, 1)
+    share = weight / np.bincount(dist, weights=weight, minlength=8)[dist]
+    habit = rng.lognormal(0, 0.25, 8)
+    base = BOARDINGS_PER_RESIDENT_WEEKDAY * habit[dist] * residents[dist] * share
     weekday = np.where(dates.day_of_week < 5, 1.0, 0.6)
     boardings = rng.poisson(base[:, None] * weekday[None, :])
     s, d = np.nonzero(rng.random((n, days)) >= 0.02)  # ~2% of stop-days simply missing
@@ -426,16 +466,23 @@ def _months(start: date, days: int) -> list[str]:
     return [m.strftime("%Y-%m") for m in firsts if start <= m.date() < end]
 
 
-def _energy(rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int) -> tuple:
+def _energy(rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int, residents: np.ndarray) -> tuple:
     n = _count(300, scale)
     sectors = np.array(["residential", "commercial", "industrial", "public"])
     sector = rng.choice(sectors, n, p=[0.70, 0.20, 0.05, 0.05])
-    typical = {"residential": 650, "commercial": 6000, "industrial": 45000, "public": 3000}
-    base = rng.lognormal(np.log([typical[s] for s in sector]), 0.3)
-    district = CODES[rng.integers(0, 8, n)].astype(object)
+    noise = rng.lognormal(0, 0.3, n)
+    d_idx = rng.integers(0, 8, n)
+    home = sector == "residential"
+    d_idx[home] = rng.permutation(np.arange(home.sum()) % 8)  # every district has its feeders
     no_district = rng.random(n) < 0.02
     no_district[rng.integers(0, n)] = True  # at least one meter is citywide-only
+    district = CODES[d_idx].astype(object)
     district[no_district] = ""
+    # A meter_id is a residential feeder, sized by its district's residents, or a large account (offices,
+    # plants, public buildings), sized by the whole city's: businesses cluster in some districts.
+    rate = np.array([KWH_PER_RESIDENT_MONTH[str(s)] for s in sector])
+    group = np.unique(sector, return_inverse=True)[1]
+    base = rate * _served(residents, np.where(home & ~no_district, d_idx, -1), group) * noise
     months = _months(start, days)
     season = np.array([1 + 0.25 * np.cos(2 * np.pi * (int(m[5:]) - 1) / 12) for m in months])
     kwh = (base[:, None] * season[None, :] * rng.lognormal(0, 0.08, (n, len(months)))).round(1)
@@ -467,16 +514,20 @@ def _mondays(start: date, days: int) -> list[date]:
     return [first + timedelta(weeks=i) for i in range((days - (first - start).days + 6) // 7)]
 
 
-def _waste(rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int) -> tuple:
+def _waste(rng: np.random.Generator, scale: float, start: date, days: int, n_bad: int, residents: np.ndarray) -> tuple:
     n = _count(16, scale)
     dist = rng.permutation(np.arange(n) % 8)
     labels = list(WASTE_STREAMS)
-    # Every route collects refuse; other streams only on some routes.
+    # Every route collects refuse; other streams only on some routes, recycling on at least one per district.
     has = rng.random((n, 4)) < np.array([1.0, 0.8, 0.5, 0.3])
-    typical = np.array([40.0, 12.0, 8.0, 5.0])
+    for d in range(8):
+        if not has[dist == d, 1].any():
+            has[np.argmax(dist == d), 1] = True
+    # A route_id is a collection round: its share of its district's residents, in tonnes a week.
+    kg = np.array([WASTE_KG_PER_RESIDENT_WEEK[s] for s in labels])
     r, st = np.nonzero(has)
     weeks = _mondays(start, days)
-    base = typical[st] * rng.lognormal(0, 0.25, len(r))
+    base = _served(residents, dist)[r] * kg[st] / 1000 * rng.lognormal(0, 0.25, len(r))
     tonnes = (base[:, None] * rng.lognormal(0, 0.1, (len(r), len(weeks)))).round(2)
     k, w = np.nonzero(rng.random((len(r), len(weeks))) >= 0.02)
     df = pd.DataFrame(
@@ -595,12 +646,13 @@ def build(scale: float = 1, days: int = 90, start: date = date(2025, 1, 1), seed
     rng = np.random.default_rng(seed)
     n_bad = _n_bad(scale)
     population = _population(rng, scale)
-    stops, rides, bad_rides = _transport(rng, scale, start, days, n_bad)
+    residents = _residents(population)
+    stops, rides, bad_rides = _transport(rng, scale, start, days, n_bad, residents)
     collisions, bad_collisions = _collisions(rng, scale, start, days, n_bad)
     # requesters draw from their own generator: the rest of the city is the same with or without them
     requests, bad_requests = _requests(rng, scale, start, days, n_bad, np.random.default_rng([seed, 311]))
-    energy, bad_energy = _energy(rng, scale, start, days, n_bad)
-    waste, bad_waste = _waste(rng, scale, start, days, n_bad)
+    energy, bad_energy = _energy(rng, scale, start, days, n_bad, residents)
+    waste, bad_waste = _waste(rng, scale, start, days, n_bad, residents)
     air_a, bad_a, air_b, bad_b = _air(rng, scale, start, days, n_bad)
     services = pd.DataFrame(
         [(c, v[0], v[1], v[2]) for c, v in SERVICES.items()],
