@@ -280,3 +280,13 @@ def test_crosswalk_lists_every_311_spelling(city_dir: Path, city) -> None:
         aliases = {" ".join(r["alias"].split()).lower() for r in csv.DictReader(fh)}
     spelled = city.clean["requests"]["district"].dropna()
     assert {" ".join(s.split()).lower() for s in spelled} <= aliases
+
+
+def test_a_city_of_two_days_generates_with_its_ground_truth(tmp_path):
+    """Two days hold no weekly waste collection: the ground truth still computes (it crashed on the empty table)."""
+    from orchestration.reference_city import generate
+
+    generate(tmp_path / "tiny", scale=0.1, days=2)
+    truth = (tmp_path / "tiny" / "ground_truth.csv").read_text().splitlines()
+    assert truth[0].startswith("indicator_id") and len(truth) > 10
+    assert not any(line.startswith("iso37120_16_") for line in truth)

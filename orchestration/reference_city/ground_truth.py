@@ -169,7 +169,7 @@ def _waste(clean: dict[str, pd.DataFrame], reference: dict[str, pd.DataFrame], c
     w = clean["waste"].assign(tonnes=lambda d: d["tonnes"].astype(float), district=lambda d: d["district_code"])
     streams = dict(zip(reference["waste_streams"]["source_label"], reference["waste_streams"]["stream"], strict=False))
     w["recycled"] = w["tonnes"].where(w["stream"].map(streams) == "recycling", 0.0)
-    w["route_stream"] = w["route_id"] + "|" + w["stream"]
+    w["route_stream"] = w["route_id"].astype(str) + "|" + w["stream"].astype(str)  # typed even when empty
     x = _expand(w, w["week_start"])
     g = x.groupby(GROUP, as_index=False).agg(
         total=("tonnes", "sum"),
