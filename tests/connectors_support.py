@@ -81,7 +81,7 @@ def postgres_table(monkeypatch):
     table = f"t_{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("TEST_PG_DSN", PG_DSN)
     yield conn, table
-    conn.execute(f"drop table if exists {table}")
+    conn.execute(f"drop table if exists {table} cascade")  # and views over it
     conn.close()
 
 

@@ -152,6 +152,9 @@ def test_postgres_connection_terminated_mid_read(pg, tmp_path, monkeypatch, curs
             f"insert into {table} values (%s, %s, %s, %s)",
             [(i, f"stop-{i % 7}", i, T0 + dt.timedelta(minutes=i)) for i in range(n)],
         )
+    # slowed on the server (0.5 ms a row) so that the read lasts long enough to be interrupted: by a view, as
+    # a source query may not call pg_sleep() (orchestration/sql_rules.py)
+    conn.execute(f"create view {table}_slow as select * from {table} where pg_sleep(0.0005) is not null")
     app = f"citylake_fault_{uuid.uuid4().hex[:8]}"
     # a password in the DSN (trust authentication ignores it): no message may show it
     dsn = PG_DSN.replace("postgres@", "postgres:Pw-s3cret-42@") + f"?application_name={app}"
@@ -159,8 +162,7 @@ def test_postgres_connection_terminated_mid_read(pg, tmp_path, monkeypatch, curs
     spec = {
         "kind": "postgres",
         "dsn": "${FAULT_PG_DSN}",
-        # slowed on the server (0.5 ms a row) so that the read lasts long enough to be interrupted
-        "query": f"select * from {table} where pg_sleep(0.0005) is not null",
+        "table": f"{table}_slow",
         "primary_key": ["id"],
         "batch_rows": 200,
     }
