@@ -57,6 +57,10 @@ def write_city(root: Path) -> Path:
     )
     # the same key in a second file of the same run (one load instant): the later file path is the record
     (drop / "crashes_late.csv").write_text("zone,seq,at,dead,hurt,ward\nZ,1,2025-03-05 12:00,0,7,S2\n")
+    (drop / "air.jsonl").write_text(
+        '{"site": "A", "at": "2025-03-03T10:00:00Z", "pm25": 8, "ward": "N1"}\n'
+        '{"site": "A", "at": "2025-03-04T10:00:00Z", "pm25": 12, "ward": "N1"}\n'
+    )
     (drop / "calls.csv").write_text(
         "ticket,opened,closed,kind,ward\n"
         "1,2025-03-01 09:00,2025-03-02 09:00,POTHOLE,N1\n"  # 1 day
@@ -77,6 +81,14 @@ def write_city(root: Path) -> Path:
                     "primary_key": ["zone", "seq"], "feeds": "road_collisions",
                     "columns": {"collision_id": "zone || '/' || seq", "accident_at": "at",
                                 "dead_within_30_days": "dead", "injured": "hurt"},
+                    "district": {"from": "code", "column": "ward"},
+                }
+            },
+            "air_lab": {
+                "sensors": {
+                    "kind": "files", "path": "./drop/air.jsonl", "format": "jsonl", "primary_key": ["site", "at"],
+                    "feeds": "air_quality_observations",
+                    "columns": {"station_id": "site", "observed_at": "at", "pm25": "pm25"},
                     "district": {"from": "code", "column": "ward"},
                 }
             },
@@ -128,11 +140,17 @@ def test_a_city_without_reference_data_publishes_and_says_what_is_absent(city):
             "select record_key, reason from quarantine where source_name = 'crashes'"
         ).fetchall()
     assert notes["svc_311_closed_within_target"].startswith("no value: no closed request has a category with a target")
-    assert notes["iso37120_8_1"] == (
-        "no value: no published records of air_quality_observations (no source in city.yaml feeds it, "
+    assert notes["iso37120_7_1"] == (
+        "no value: no published records of energy_consumption (no source in city.yaml feeds it, "
         "or none passed its gates)"
     )
     assert notes["iso37120_18_8"] is None
+    # the air source measures PM2.5 only: the other pollutants say what is missing
+    assert notes["iso37120_8_1"] is None
+    assert notes["iso37120_8_2"] == (
+        "no value: the sources of air_quality_observations deliver nothing for Particulate matter (PM10) "
+        "concentration (map its column in their columns: in city.yaml)"
+    )
     with duckdb.connect(str(city.parent / "state" / "warehouse.duckdb"), read_only=True) as con:
         keys = con.execute("select record_key from fct_road_collisions order by 1").fetchall()
         tie = con.execute("select injured from fct_road_collisions where record_key = 'Z|1'").fetchall()

@@ -12,6 +12,15 @@ published as (
 
 ),
 
+entities_published as (
+
+    -- entities with at least one indicator published
+    select distinct definitions.entity
+    from {{ ref('indicator_definitions') }} as definitions
+    inner join published on published.indicator_id = definitions.indicator_id
+
+),
+
 final as (
 
     select
@@ -29,6 +38,9 @@ final as (
                 and (select count(*) from published where indicator_id = 'svc_311_median_days_to_close') > 0
                 then 'no value: no closed request has a category with a target; give '
                     || 'reference_data.service_categories (service_code, service_name, category, target_days) in city.yaml'
+            when definitions.entity in (select entity from entities_published)
+                then 'no value: the sources of ' || definitions.entity || ' deliver nothing for '
+                    || definitions.indicator_name || ' (map its column in their columns: in city.yaml)'
             else 'no value: no published records of ' || definitions.entity
                 || ' (no source in city.yaml feeds it, or none passed its gates)'
         end as note

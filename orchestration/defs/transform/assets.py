@@ -23,7 +23,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 
 from orchestration.city import city, dbt_project_dir
 from orchestration.dbt_build import dbt_env
-from orchestration.partitions import daily_partitions, window_vars
+from orchestration.partitions import EARLIEST, daily_partitions, window_vars
 
 
 class CityTranslator(DagsterDbtTranslator):
@@ -76,7 +76,7 @@ PARTITIONS = daily_partitions(city())
 def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """Rebuild the days of the run's partition window (one dbt build for a whole range); every day
     for a city without partitions."""
-    days = window_vars(context) if PARTITIONS else {"min_date": "1900-01-01", "max_date": "9999-12-31"}
+    days = window_vars(context) if PARTITIONS else {"min_date": EARLIEST.isoformat(), "max_date": "9999-12-31"}
     window = f"{days['min_date']}..{days['max_date']}"
     for event in dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream():
         yield (
