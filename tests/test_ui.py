@@ -202,7 +202,8 @@ def test_the_asset_lineage_renders_in_a_browser(ui) -> None:
         "locations/citylake/asset-groups/conformed": ["dim_district", "fct_road_collisions"],
         "locations/citylake/asset-groups/marts": ["indicators", "mart_air_quality"],
     }
-    flags = ["--virtual-time-budget=30000", "--window-size=1600,1000"]
+    # the graph draws only the boxes in view: a window large enough for the marts group's whole lineage
+    flags = ["--virtual-time-budget=30000", "--window-size=2400,2000"]
     for page, names in pages.items():
         dom = run_chromium(*flags, "--dump-dom", f"{url}/{page}").stdout
         missing = [n for n in names if n not in dom]
