@@ -105,7 +105,7 @@ def _probe_http(source: Source, bronze: Sequence[str]) -> tuple[str, str]:
     # the load's own client: http(s) only, redirects checked hop by hop, headers only to the url's origin
     client = Client(source)
     try:
-        with client.open(client.url, float(source.get("timeout_s", 10))) as resp:
+        with client.open(client.url, float(source.raw.get("timeout_s", PROBE_TIMEOUT_S))) as resp:
             reached = f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         return FAIL, f"HTTP {exc.code} {exc.reason} from {source.get('url')}"
