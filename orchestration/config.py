@@ -92,6 +92,8 @@ from orchestration.sql_rules import DIALECTS, query_problem
 DEFAULT_CONFIG = "city.yaml"
 #: the reference city of a checkout: the config when none is named and there is no ./city.yaml
 REFERENCE_CONFIG = "cities/riverton/city.yaml"
+#: the earliest day a record may have (older ones are held back); where an unpartitioned city's days start
+EARLIEST = dt.date(1900, 1, 1)
 __all__ = ["DISTRICT_METHODS", "FILE_FORMATS", "SOURCE_KINDS"]
 #: agency, source and sink names: they become asset keys, Delta folders, dbt model names (stg_<agency>__<source>)
 #: and PostgreSQL identifiers, so lower_snake_case, at most 63 characters and no '__' (the model-name separator)

@@ -15,7 +15,6 @@ orchestration.dbt_build --write-generated CONFIG`; tests/test_city_folders.py fa
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import fcntl
 import functools
 import hashlib
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestration.config import CityConfig, Deduplicate, Source
+from orchestration.config import EARLIEST, CityConfig, Deduplicate, Source
 from orchestration.entities import ENTITIES, Entity
 from orchestration.keys import key_sql
 
@@ -549,7 +548,7 @@ def _render(cfg: CityConfig, out: Path, final: Path) -> None:
     project = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())
     project["vars"] = {
         **project["vars"],
-        "partitions_start": (cfg.partitions_start or dt.date(1900, 1, 1)).isoformat(),
+        "partitions_start": (cfg.partitions_start or EARLIEST).isoformat(),
         "city_timezone": cfg.timezone,
         "city_name": cfg.name,
         "city_district_boundaries": str(final / BOUNDARIES),

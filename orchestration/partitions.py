@@ -15,12 +15,10 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from orchestration.config import CityConfig, Source
+from orchestration.config import EARLIEST, CityConfig, Source
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
-#: records dated before this are held back (citylake_time_reject_reason)
-EARLIEST = dt.date(1900, 1, 1)
 
 
 def daily_partitions(cfg: CityConfig) -> dg.DailyPartitionsDefinition | None:
