@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SCALE ?= 10
+# test processes (pytest-xdist): one per core by default; TEST_WORKERS=0 runs the tests in this process
+TEST_WORKERS ?= auto
 
 .PHONY: install browser demo test dev lint bench clean
 
@@ -27,7 +29,7 @@ browser:
 	  echo "chromium is not installed: the indicator report's browser test will be skipped"
 
 test: install browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=25
 
 dev: install
 	$(BIN)/citylake dev
@@ -38,8 +40,10 @@ lint: install
 # Benchmark (not part of `make test`): the pipeline against the plain-SQL floor and pandas at SCALE, a year of
 # history; writes benchmarks/RESULTS.md and ends with one summary line. Takes many minutes at SCALE=10.
 # BENCH_ARGS passes more options, e.g. BENCH_ARGS='--repeat 3 --profile --keep'.
+# BENCH_SERIES: further scales at which (a) and (b) run once more (how cost grows with size); empty to skip.
+BENCH_SERIES ?= 30
 bench: install
-	$(BIN)/python -m benchmarks.run --scale $(SCALE) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.run --scale $(SCALE) $(if $(strip $(BENCH_SERIES)),--series $(BENCH_SERIES)) $(BENCH_ARGS)
 
 clean:
 	rm -rf lake .citylake reference_city test-output cities/*/lake cities/*/.citylake cities/riverton/reference_city

@@ -11,7 +11,9 @@
    and checks that the three agree on every indicator row (relative tolerance 1e-9).
 3. Times typical analyst queries on the published catalog (benchmarks/analyst.py).
 4. Delivers one new day into the loaded city and runs (a) again: the incremental case.
-5. Writes the run into benchmarks/RESULTS.md (between the markers; the analysis around them is kept)
+5. With `--series 30` (make bench's default), runs (a) and (b) once more on the same city generated at
+   each further scale: how the cost grows with size.
+6. Writes the run into benchmarks/RESULTS.md (between the markers; the analysis around them is kept)
    and ends with one line for scripts:
    a/b=<ratio> c/b=<ratio> incremental=<percent>% peak_rss_mib=<MiB> p95_ms=<ms>
 """
@@ -43,7 +45,17 @@ BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).with_name("RESULTS.md")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 COLUMNS = ["indicator_id", "area_id", "period_grain", "period_start", "value", "numerator", "denominator", "coverage"]
-TARGETS = {"a_over_b": 2.0, "incremental_pct": 10.0, "peak_rss_mib": 4096.0, "p95_ms": 50.0}
+TARGETS = {
+    "a_over_b": 2.0,
+    "a_over_b_cpu": 2.5,
+    "incremental_pct": 10.0,
+    "peak_rss_mib": 2560.0,
+    "peak_rss_mib_series": 6144.0,
+    "series_ratio": 3.3,
+    "p95_ms": 50.0,
+}
+#: the test suite's last duration, written by tests/conftest.py at the end of every full `make test`
+SUITE_RECORD = REPO / "test-output" / "suite.json"
 PATHS = {
     "a": "(a) citylake: Dagster, bronze Delta, dbt, GX gates, publication",
     "b": "(b) floor: one DuckDB SQL script over the raw files",
@@ -365,7 +377,7 @@ def render(r: dict) -> str:
         "startup, definitions and teardown):",
         "",
     ]
-    lines.append(" | ".join(f"{k} {v:.1f}" for k, v in r["phases"].items()))
+    lines += ["| stage | done at s | s since the previous stage |", "| --- | ---: | ---: |", *stage_rows(r["phases"])]
     inc = r.get("incremental")
     if inc:
         lines += [
@@ -446,6 +458,48 @@ def render(r: dict) -> str:
     for name, v in q.items():
         if name != "open":
             lines.append(f"| {name} | {v['p50_ms']:.2f} | {v['p95_ms']:.2f} | {v['max_ms']:.2f} | {v['rows']} |")
+    series = r.get("series") or []
+    if series:
+        lines += [
+            "",
+            f"**How cost grows with size** ((a) and (b) once each on the same city generated at each scale, "
+            f"{p['days']} days; ratios against scale {p['scale']:g} above):",
+            "",
+            "| scale | sensor readings | (a) wall s | (a) CPU s | (a) peak RSS MiB | (b) wall s | (b) CPU s | "
+            "(a) / (a) at base | (b) / (b) at base | (a) / (b) | agree |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for pt in series:
+            a, b = pt["a"], pt["b"]
+            lines.append(
+                f"| {pt['scale']:g} | {pt['readings']:,} | {a['wall_s']:.1f} | {a['cpu_s']:.1f} | "
+                f"{a['peak_rss_mib']:.0f} | {b['wall_s']:.1f} | {b['cpu_s']:.1f} | {pt['a_over_base']:.2f} | "
+                f"{pt['b_over_base']:.2f} | {a['wall_s'] / b['wall_s']:.2f} | "
+                f"{'yes' if pt['agree'] else 'NO'} |"
+            )
+        for pt in series:
+            if pt["phases"]:
+                lines += [
+                    "",
+                    f"Stages of (a) at scale {pt['scale']:g}:",
+                    "",
+                    "| stage | done at s | s since the previous stage |",
+                    "| --- | ---: | ---: |",
+                    *stage_rows(pt["phases"]),
+                ]
+            lines += [f"    {f}" for f in pt["failures"][:8]]
+    suite = r.get("suite")
+    lines += [
+        "",
+        "**The test suite** (`make test`, recorded by tests/conftest.py at the end of the last full run on this "
+        "checkout): "
+        + (
+            f"{suite['wall_s'] / 60:.1f} min wall with {suite['workers']} worker(s), {suite['passed']} passed, "
+            f"{suite['failed']} failed, {suite['skipped']} skipped, finished {suite['finished']}."
+            if suite
+            else "no record (run `make test` first)."
+        ),
+    ]
     s = r["summary"]
     lines += [
         "",
@@ -455,8 +509,17 @@ def render(r: dict) -> str:
         "| --- | ---: | --- |",
         f"| a/b (wall) at most {TARGETS['a_over_b']:g} | {s['a_over_b']:.2f} | "
         f"{'yes' if s['a_over_b'] <= TARGETS['a_over_b'] else 'NO'} |",
+        f"| a/b (CPU) at most {TARGETS['a_over_b_cpu']:g} | {s['a_over_b_cpu']:.2f} | "
+        f"{'yes' if s['a_over_b_cpu'] <= TARGETS['a_over_b_cpu'] else 'NO'} |",
         f"| new day at most {TARGETS['incremental_pct']:g} % of the full rebuild | {incremental_cell(s, inc)} |",
-        f"| pipeline peak memory under 4 GiB | {s['peak_rss_mib']:.0f} MiB | "
+        *(
+            f"| scale {pt['scale']:g}: time / time at scale {p['scale']:g} at most {TARGETS['series_ratio']:g}; "
+            f"peak memory under {TARGETS['peak_rss_mib_series'] / 1024:g} GiB | {pt['a_over_base']:.2f}; "
+            f"{pt['a']['peak_rss_mib']:.0f} MiB | "
+            f"{'yes' if series_met(pt) else 'NO'} |"
+            for pt in series
+        ),
+        f"| pipeline peak memory under {TARGETS['peak_rss_mib'] / 1024:g} GiB | {s['peak_rss_mib']:.0f} MiB | "
         f"{'yes' if s['peak_rss_mib'] < TARGETS['peak_rss_mib'] else 'NO'} |",
         f"| analyst queries p95 under 50 ms | {s['p95_ms']:.2f} ms | "
         f"{'yes' if s['p95_ms'] < TARGETS['p95_ms'] else 'NO'} |",
@@ -487,6 +550,52 @@ def write_results(path: Path, text: str) -> None:
     path.write_text(new)
 
 
+def scale_point(work: Path, scale: float, args: argparse.Namespace, base: dict, spy: str | None) -> dict:
+    """(a) and (b) once on the city generated at `scale` (same days, start and seed): one point of the series."""
+    city = work / f"city_s{scale:g}"
+    log(f"series: generating the reference city at scale {scale:g}")
+    gen = generate(city, scale, args.days, args.start, args.seed, work / f"generate_s{scale:g}.log")
+    root = work / f"a_s{scale:g}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    log(f"series: scale {scale:g} (a) citylake run")
+    a, a_out = run_a(root, write_city_config(root, city, args.collisions_cursor), "full", spy)
+    log(f"  (a) {a.wall_s:.1f} s wall, {a.cpu_s:.1f} s CPU, {a.peak_rss_mib:.0f} MiB")
+    b_out = work / f"b_s{scale:g}.parquet"
+    b = run_script("benchmarks.floor", city, b_out, work / f"b_s{scale:g}.log")
+    log(f"  (b) {b.wall_s:.1f} s wall, {b.cpu_s:.1f} s CPU, {b.peak_rss_mib:.0f} MiB")
+    ok = a.returncode == 0 and b.returncode == 0
+    agreement = compare(a_out, b_out) if ok else {"rows": 0, "other_rows": 0, "mismatches": -1}
+    point = {
+        "scale": scale,
+        "readings": sum(v["clean"] + v["bad"] for k, v in gen["summary"]["sources"].items() if "air" in k),
+        "a": a.as_dict(),
+        "b": b.as_dict(),
+        "a_over_base": a.wall_s / base["a"]["wall_s"],
+        "b_over_base": b.wall_s / base["b"]["wall_s"],
+        "phases": phases(root / "full.log", a.wall_s) if a.returncode == 0 else {},
+        "agree": ok and agreement["mismatches"] == 0 and agreement["rows"] == agreement["other_rows"],
+        "agreement": agreement,
+        "failures": [ln.strip() for ln in (root / "full.log").read_text().splitlines() if "FAILED" in ln],
+    }
+    if not args.keep and args.work is None:
+        shutil.rmtree(root, ignore_errors=True)
+    return point
+
+
+def series_met(pt: dict) -> bool:
+    return pt["a_over_base"] <= TARGETS["series_ratio"] and pt["a"]["peak_rss_mib"] < TARGETS["peak_rss_mib_series"]
+
+
+def stage_rows(phases_: dict[str, float]) -> list[str]:
+    """The layers in the order they finished, each with the seconds since the previous one finished."""
+    rows, prev = [], 0.0
+    for stage, end in sorted(phases_.items(), key=lambda kv: kv[1]):
+        rows.append(f"| {stage} | {end:.1f} | {max(end - prev, 0.0):.1f} |")
+        prev = max(prev, end)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -510,6 +619,13 @@ def main() -> int:
         action="store_true",
         help="workaround: read safety/collisions incrementally by collision_id instead of as a full snapshot "
         "(a rerun of a snapshot source fails its bronze load gate; see RESULTS.md)",
+    )
+    ap.add_argument(
+        "--series",
+        type=float,
+        nargs="*",
+        default=[],
+        help="further scales at which (a) and (b) run once each (how cost grows with size), e.g. --series 30",
     )
     ap.add_argument("--results", type=Path, default=RESULTS, help="the Markdown file to write the run into")
     args = ap.parse_args()
@@ -597,13 +713,16 @@ def main() -> int:
         }
         log(f"  new day: {m.wall_s:.1f} s wall ({inc['pct']:.1f} % of the full rebuild)")
 
+    series = [scale_point(work, scale, args, med, spy=None) for scale in args.series if scale != args.scale]
     agree = all(v["mismatches"] == 0 and v["rows"] == v["other_rows"] for v in agreement.values()) and a_ok
+    agree = agree and all(pt["agree"] for pt in series)
     worst_p95 = max((v["p95_ms"] for k, v in queries.items() if k != "open"), default=float("nan"))
     summary = {
         "a_over_b": med["a"]["wall_s"] / med["b"]["wall_s"],
         "c_over_b": med["c"]["wall_s"] / med["b"]["wall_s"],
         "incremental_pct": inc["pct"] if inc and not inc["failures"] else None,
         "peak_rss_mib": med["a"]["peak_rss_mib"],
+        "a_over_b_cpu": med["a"]["cpu_s"] / med["b"]["cpu_s"],
         "p95_ms": worst_p95,
     }
     line = (
@@ -639,6 +758,8 @@ def main() -> int:
             for label in ("full", "newday")
             if spy and (a_root / f"{label}.pyspy.txt").exists()
         },
+        "series": series,
+        "suite": json.loads(SUITE_RECORD.read_text()) if SUITE_RECORD.exists() else None,
         "summary": summary,
         "summary_line": line,
     }

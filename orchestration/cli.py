@@ -135,16 +135,25 @@ def generate(config: str | None, scale: float, days: int, start: dt.datetime, se
     )
 
 
-def run_assets(cfg: CityConfig, select: str | None, first: dt.date | None = None, last: dt.date | None = None) -> bool:
+def run_assets(
+    cfg: CityConfig,
+    select: str | None,
+    first: dt.date | None = None,
+    last: dt.date | None = None,
+    rebuild: bool = False,
+) -> bool:
     """Materialize the selection (everything when None) through Dagster, recorded in DAGSTER_HOME.
 
     The daily-partitioned assets rebuild the days first..last in one run. With no days named, the
     bronze loads (and the reference data) run first, then the daily assets rebuild every day the
     bronze data covers and everything downstream follows, in a second run; what a failed bronze gate
-    guards is left out of it, as it would be inside one run.
+    guards is left out of it, as it would be inside one run. When nothing the downstream assets are
+    computed from changed since the last complete run (orchestration/up_to_date.py), a plain run
+    stops after its loads, unless `rebuild`.
     """
     import dagster as dg
 
+    from orchestration import up_to_date
     from orchestration.definitions import defs
     from orchestration.partitions import data_days, full_range, range_tags
     from orchestration.progress import progress_logger
@@ -188,6 +197,8 @@ def run_assets(cfg: CityConfig, select: str | None, first: dt.date | None = None
         # runs of a killed `citylake run` would otherwise stay STARTED and hold their pool slots
         recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
 
+        last_run_id = [""]
+
         def execute(selection: set[dg.AssetKey], tags: dict[str, str]) -> tuple[bool, set[dg.AssetKey]]:
             with contextlib.redirect_stdout(log):
                 result = job.execute_in_process(
@@ -198,16 +209,31 @@ def run_assets(cfg: CityConfig, select: str | None, first: dt.date | None = None
                     tags={**process_tags(), **tags},
                 )
             ok, failed = _report(result)
+            last_run_id[0] = result.run_id
             done = {e.asset_key for e in result.get_asset_materialization_events()}
             return ok, failed | (selection - done)
 
-        if first is not None or not daily:
+        plain = select is None and first is None
+        if not plain or (not daily and not any(k.path[0] == "bronze" for k in keys)):
             days = {} if not daily else range_tags(first, last)
             _echo_days(first, last, daily)
+            up_to_date.forget(cfg)
             return execute(keys, days)[0]
+        if not daily:  # an unpartitioned city: its loads, then everything else
+            before = {k for k in keys if k.path[0] == "bronze"}
         ok, failed = True, set()
         if before:
             ok, failed = execute(before, {})
+        now = up_to_date.fingerprint(cfg)
+        same = ok and not rebuild and up_to_date.unchanged_since_last_complete_run(cfg, now)
+        if same:
+            click.echo(
+                f"Nothing new since the complete run {same['run_id']} ({same['finished']}): no load committed "
+                "anything and nothing that defines the models changed, so the models, indicators and published "
+                "catalog are up to date. `citylake run --rebuild` rebuilds them anyway."
+            )
+            return True
+        up_to_date.forget(cfg)
         # what a failed bronze gate guards; publication is one step, so it goes whole
         blocked = set()
         if failed:
@@ -216,9 +242,13 @@ def run_assets(cfg: CityConfig, select: str | None, first: dt.date | None = None
         rest = keys - before - blocked
         if not rest:
             return ok
-        first, last = data_days(cfg) or (every_last, every_last)
-        _echo_days(first, last, daily)
-        return execute(rest, range_tags(first, last))[0] and ok
+        if daily:
+            first, last = data_days(cfg) or (every_last, every_last)
+            _echo_days(first, last, daily)
+        rest_ok = execute(rest, range_tags(first, last) if daily else {})[0]
+        if ok and rest_ok:
+            up_to_date.record_complete_run(cfg, now, last_run_id[0])
+        return ok and rest_ok
 
 
 def _echo_days(first: dt.date | None, last: dt.date | None, daily: set) -> None:
@@ -262,8 +292,18 @@ def _root_cause(error) -> str:
 @click.option("--partition", "day", type=click.DateTime(["%Y-%m-%d"]), help="rebuild one day (YYYY-MM-DD, city time)")
 @click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), help="first day of a range to rebuild")
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), help="last day of the range (default: today)")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="rebuild the models, indicators and publication even when nothing they are computed from changed",
+)
 def run(
-    config: str | None, select: str | None, day: dt.datetime | None, first: dt.datetime | None, last: dt.datetime | None
+    config: str | None,
+    select: str | None,
+    day: dt.datetime | None,
+    first: dt.datetime | None,
+    last: dt.datetime | None,
+    rebuild: bool,
 ) -> None:
     """Materialize assets through Dagster (same code path as the UI).
 
@@ -275,7 +315,7 @@ def run(
     if day:
         first = last = day
     cfg = _load(config)
-    if not run_assets(cfg, select, first and first.date(), last and last.date()):
+    if not run_assets(cfg, select, first and first.date(), last and last.date(), rebuild):
         sys.exit(1)
 
 

@@ -7,11 +7,15 @@ touch the developer's ./lake.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -24,6 +28,90 @@ BIN = Path(sys.executable).parent
 TEST_CITY = {"scale": 0.4, "days": 60, "start": date(2025, 1, 20), "seed": 11}
 #: the repository's city.yaml hashes 311 emails with CITYLAKE_PII_KEY: the tests' key, unless one is exported
 os.environ.setdefault("CITYLAKE_PII_KEY", "citylake-tests-pii-key-not-a-secret")
+
+
+#: rough minutes of the slowest groups on the 2-core CI machine: with `make test` (pytest-xdist, one worker
+#: per core) they start first, so no worker is left with a long group at the end
+SLOW_GROUPS = {
+    "city_run": 9,
+    "test_dedupe.py": 5,
+    "test_quality_gates.py": 5,
+    "test_random_cities.py": 5,
+    "test_ui.py": 4,
+    "test_nyc_city.py": 3,
+    "test_connectors_cli.py": 3,
+    "test_small_city.py": 3,
+}
+
+
+def _group(item: pytest.Item) -> str:
+    return "city_run" if "city_run" in item.fixturenames else item.path.name
+
+
+def _groups_file(testrunuid: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"citylake-test-groups-{testrunuid}.json"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the controller names the run, so that it finds the groups its workers write (see below)
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slowest groups first (a stable sort: the rest keep their order); in an xdist worker, each
+    test's group is written for the controller's scheduler."""
+    items.sort(key=lambda item: -SLOW_GROUPS.get(_group(item), 0))
+    if hasattr(config, "workerinput"):
+        path = _groups_file(config.workerinput["testrunuid"])
+        tmp = path.with_suffix(f".{config.workerinput['workerid']}")
+        tmp.write_text(json.dumps({item.nodeid: _group(item) for item in items}))
+        tmp.replace(path)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`make test` runs `pytest -n N`: tests go to workers a group at a time, a group being a test file
+    (its module fixtures run once) or every test using the session's `city_run` (so the reference city
+    is run once), slow groups first (xdist's own `--dist loadgroup` cannot do this with pytest 9: it
+    renames node ids, which pytest 9 no longer allows)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups: dict[str, str] = {}
+
+    class Groups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if not groups:
+                path = _groups_file(config.option.testrunuid)
+                groups.update(json.loads(path.read_text()))
+                path.unlink(missing_ok=True)
+            return groups.get(nodeid) or nodeid.split("::", 1)[0]
+
+    config.option.loadscopereorder = False
+    return Groups(config, log)
+
+
+_SUITE_STARTED = time.time()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After a whole-suite run (no paths given: `make test`), record its duration for `make bench` in
+    test-output/suite.json; not in the xdist workers, and not for a run of some files only."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return
+    stats = config.pluginmanager.get_plugin("terminalreporter").stats
+    record = {
+        "wall_s": round(time.time() - _SUITE_STARTED, 1),
+        "workers": getattr(config.option, "numprocesses", None) or 1,
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **{
+            k: len([r for r in stats.get(k, []) if getattr(r, "when", "call") == "call" or k != "passed"])
+            for k in ("passed", "failed", "skipped", "error")
+        },
+    }
+    out = REPO / "test-output"
+    out.mkdir(exist_ok=True)
+    (out / "suite.json").write_text(json.dumps(record, indent=1))
 
 
 def free_port() -> int:

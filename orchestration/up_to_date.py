@@ -1,0 +1,126 @@
+"""Whether a plain `citylake run` has anything to do after its loads.
+
+After the bronze loads (and, for a partitioned city, the reference data) of a run with no selection
+and no days, citylake compares what everything downstream is computed from with what the last
+complete run computed it from:
+
+- every source's bronze and quarantine Delta version (a load that committed anything, rows or rejects,
+  changes one);
+- the files that define the computation: city.yaml, the districts' boundaries and population, the
+  reference CSVs, the city's own bronze suites and staging models, and citylake's dbt project,
+  shared suites and code (by path, size and modification time);
+- the city's calendar day (records dated in the future become valid, freshness moves on);
+- the published catalog and the warehouse still being there.
+
+When all are equal, the models, indicators and publication are already what this run would make
+of them: the run says so and stops after its loads, in seconds. `citylake run --rebuild` runs them
+anyway. The record (`<state_dir>/last_complete_run.json`) is written only after a run in which every
+step and check succeeded, so a failed or killed run is always followed by a full one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from orchestration.config import CityConfig
+
+REPO = Path(__file__).resolve().parent.parent
+RECORD = "last_complete_run.json"
+#: folders of the repository whose files define the computation (generated dbt output excluded)
+_CODE = (REPO / "orchestration", REPO / "dbt_project", REPO / "expectations")
+_SKIP_DIRS = {"target", "logs", "dbt_packages", "__pycache__", ".pytest_cache"}
+
+
+def _files(roots: Iterable[Path]) -> Iterable[Path]:
+    for root in roots:
+        if root.is_file():
+            yield root
+        elif root.is_dir():
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and not _SKIP_DIRS.intersection(path.relative_to(root).parts):
+                    yield path
+
+
+def _files_digest(roots: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for path in _files(roots):
+        st = path.stat()
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def fingerprint(cfg: CityConfig) -> dict[str, Any]:
+    """What the models, indicators and publication of `cfg` are computed from, now."""
+    from orchestration.lake import bronze_uri, open_table, quarantine_uri
+    from orchestration.partitions import today
+
+    def version(uri: str) -> int | None:
+        table = open_table(uri)
+        return None if table is None else table.version()
+
+    definition = [
+        cfg.path,
+        cfg.boundaries,
+        cfg.population,
+        *cfg.reference_data.values(),
+        cfg.base_dir / "expectations",
+        cfg.base_dir / "staging",
+        *_CODE,
+    ]
+    return {
+        "today": today(cfg).isoformat(),
+        "tables": {
+            s.key: [version(bronze_uri(cfg, s.agency, s.name)), version(quarantine_uri(cfg, s.agency, s.name))]
+            for s in cfg.sources
+        },
+        "definition": _files_digest(definition),
+    }
+
+
+def _outputs_present(cfg: CityConfig) -> bool:
+    return (cfg.state_dir / "warehouse.duckdb").is_file() and (cfg.is_remote or cfg.catalog_path.is_file())
+
+
+def last_complete(cfg: CityConfig) -> dict[str, Any] | None:
+    path = cfg.state_dir / RECORD
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def unchanged_since_last_complete_run(cfg: CityConfig, now: dict[str, Any]) -> dict[str, Any] | None:
+    """The last complete run's record when `now` equals what it was computed from and its outputs are
+    still there; None when the downstream assets have something to do."""
+    record = last_complete(cfg)
+    if record and record.get("fingerprint") == now and _outputs_present(cfg):
+        return record
+    return None
+
+
+def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str) -> None:
+    """Called after a run in which every step and check succeeded; written atomically."""
+    path = cfg.state_dir / RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "fingerprint": now,
+            },
+            indent=1,
+        )
+    )
+    tmp.replace(path)
+
+
+def forget(cfg: CityConfig) -> None:
+    """A run that did not complete: the next plain run does everything."""
+    (cfg.state_dir / RECORD).unlink(missing_ok=True)

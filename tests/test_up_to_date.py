@@ -1,0 +1,102 @@
+"""A plain `citylake run` with nothing new stops after its loads (orchestration/up_to_date.py), and does
+everything again as soon as anything the models are computed from changes.
+
+The city is docs/cities.md's quick start (Brookfield: two districts, one CSV drop of crashes), run
+through the real `citylake run` five times: first run; rerun with nothing new (skipped, the catalog
+untouched); a new file in the drop (rebuilt, the new death counted); a changed city.yaml (rebuilt);
+`--rebuild`; and a deleted catalog (rebuilt and published again).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+
+from tests.conftest import citylake
+from tests.test_quickstart import quick_start
+
+NOTHING_NEW = "Nothing new since the complete run"
+
+
+def deaths(catalog: Path) -> dict[tuple[str, str], float]:
+    with duckdb.connect(str(catalog), read_only=True) as con:
+        rows = con.execute(
+            "select area_id, cast(period_start as varchar), numerator from indicators "
+            "where indicator_id = 'iso37120_18_8' and period_grain = 'month'"
+        ).fetchall()
+    return {(a, p): n for a, p, n in rows}
+
+
+def brookfield(root: Path) -> Path:
+    """The quick start's city written under root; returns its folder."""
+    files, _, _ = quick_start()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root / "cities" / "brookfield"
+
+
+def test_a_run_with_nothing_new_stops_after_its_loads(tmp_path: Path) -> None:
+    city = brookfield(tmp_path)
+    config = city / "city.yaml"
+    catalog = city / "lake" / "catalog.duckdb"
+    record = city / ".citylake" / "last_complete_run.json"
+
+    first = citylake("run", config=config)
+    assert NOTHING_NEW not in first.stdout
+    bronze_version = json.loads(record.read_text())["fingerprint"]["tables"]["police/crashes"][0]
+    assert bronze_version == 0
+    before = deaths(catalog)
+    assert before[("CITY", "2025-02-01")] == 2
+
+    # 1. nothing new: the loads run (and commit nothing), the rest does not; the catalog is not rewritten
+    stamp = catalog.stat().st_mtime_ns
+    again = citylake("run", config=config)
+    assert NOTHING_NEW in again.stdout, again.stdout
+    assert catalog.stat().st_mtime_ns == stamp and deaths(catalog) == before
+
+    # 2. a new file in the drop: its load commits, so everything runs and the death is counted
+    (city / "drop" / "crashes_march.csv").write_text(
+        "CrashNo,When,Killed,Hurt,Lat,Lon\n1005,10.03.2025 12:00,1,0,50.05,10.05\n"
+    )
+    newer = citylake("run", config=config)
+    assert NOTHING_NEW not in newer.stdout
+    assert deaths(catalog)[("CITY", "2025-03-01")] == 1 and deaths(catalog)[("E", "2025-03-01")] == 1
+    assert json.loads(record.read_text())["fingerprint"]["tables"]["police/crashes"][0] == bronze_version + 1
+    assert NOTHING_NEW in citylake("run", config=config).stdout
+
+    # 3. city.yaml changed (what defines the models), with the same data: everything runs
+    config.write_text(config.read_text().replace("name: Brookfield", "name: Brookfield Town"))
+    assert NOTHING_NEW not in citylake("run", config=config).stdout
+    assert NOTHING_NEW in citylake("run", config=config).stdout
+
+    # 4. --rebuild, asked for
+    stamp = catalog.stat().st_mtime_ns
+    assert NOTHING_NEW not in citylake("run", "--rebuild", config=config).stdout
+    assert catalog.stat().st_mtime_ns != stamp
+
+    # 5. an output gone: published again
+    catalog.unlink()
+    assert NOTHING_NEW not in citylake("run", config=config).stdout
+    assert catalog.exists() and deaths(catalog)[("CITY", "2025-03-01")] == 1
+
+
+def test_a_failed_run_leaves_no_record(tmp_path: Path) -> None:
+    """A run that fails forgets the last complete run, so the next plain run does everything even with
+    nothing new loaded (here the publication fails: the catalog's path is taken by a folder)."""
+    city = brookfield(tmp_path)
+    config = city / "city.yaml"
+    catalog = city / "lake" / "catalog.duckdb"
+    record = city / ".citylake" / "last_complete_run.json"
+    citylake("run", config=config)
+    assert record.exists()
+    catalog.unlink()
+    catalog.mkdir()
+    failed = citylake("run", "--rebuild", config=config, check=False)
+    assert failed.returncode != 0 and not record.exists()
+    catalog.rmdir()
+    again = citylake("run", config=config)
+    assert NOTHING_NEW not in again.stdout and catalog.is_file() and record.exists()
+    assert deaths(catalog)[("CITY", "2025-02-01")] == 2
