@@ -222,9 +222,11 @@ def run_assets(
         if not daily:  # an unpartitioned city: its loads, then everything else
             before = {k for k in keys if k.path[0] == "bronze"}
         ok, failed = True, set()
+        loads_started = dt.datetime.now(dt.UTC)
         if before:
             ok, failed = execute(before, {})
         now = up_to_date.fingerprint(cfg)
+        record = None if rebuild else up_to_date.last_complete(cfg)
         same = ok and not rebuild and up_to_date.unchanged_since_last_complete_run(cfg, now)
         if same:
             click.echo(
@@ -242,12 +244,13 @@ def run_assets(
         rest = keys - before - blocked
         if not rest:
             return ok
-        if daily:
-            first, last = data_days(cfg) or (every_last, every_last)
+        if daily:  # the days the new loads touched, or (no usable record) every day the data covers
+            window = up_to_date.touched_days(cfg, record, now)
+            first, last = window or data_days(cfg) or (every_last, every_last)
             _echo_days(first, last, daily)
         rest_ok = execute(rest, range_tags(first, last) if daily else {})[0]
         if ok and rest_ok:
-            up_to_date.record_complete_run(cfg, now, last_run_id[0])
+            up_to_date.record_complete_run(cfg, now, last_run_id[0], loads_started)
         return ok and rest_ok
 
 

@@ -56,10 +56,14 @@ def window_vars(context: dg.AssetExecutionContext) -> dict[str, str]:
 
 
 def data_days(
-    cfg: CityConfig, sources: Sequence[Source] | None = None, batch: str | None = None
+    cfg: CityConfig,
+    sources: Sequence[Source] | None = None,
+    batch: str | None = None,
+    since: dt.datetime | None = None,
 ) -> tuple[dt.date, dt.date] | None:
     """The days the bronze data of `sources` (default: all) covers, only the rows a load (`batch`,
-    its run id) wrote if given; None when there are none. What `citylake run` rebuilds when no day is
+    its run id) wrote if given, only the rows ingested at or after `since` if given; None when there
+    are none. What `citylake run` rebuilds when no day is
     named, and what a new load makes the `conform_new_loads` sensor rebuild. Read from each source's
     mapped time column, a day of margin either side for time zones; a record whose time cannot be read
     is dated by its arrival, so today is included."""
@@ -84,8 +88,8 @@ def data_days(
                 f"""select min(d), max(d), count(*) filter (where d is null) from (
                     select coalesce(cast(try_cast({raw} as timestamptz) as date),
                                     cast(try_cast({raw} as timestamp) as date), try_cast({raw} as date)) as d
-                    from bronze where ? is null or _batch = ?)""",
-                [batch, batch],
+                    from bronze where (? is null or _batch = ?) and (?::timestamptz is null or _ingested_at >= ?))""",
+                [batch, batch, since, since],
             ).fetchall()[0]
             con.unregister("bronze")
             if unread:

@@ -14,8 +14,12 @@ complete run computed it from:
 
 When all are equal, the models, indicators and publication are already what this run would make
 of them: the run says so and stops after its loads, in seconds. `citylake run --rebuild` runs them
-anyway. The record (`<state_dir>/last_complete_run.json`) is written only after a run in which every
-step and check succeeded, so a failed or killed run is always followed by a full one.
+anyway. When only the loads differ, a partitioned city rebuilds only the days the newly loaded rows
+fall on (and the days that became the past since), not every day the data covers; a record deleted
+at its source (gone from a snapshot or a re-delivered file) leaves its day as built until that day is
+rebuilt (`--rebuild`, or `--from/--to`). The record (`<state_dir>/last_complete_run.json`) is
+written only after a run in which every step and check succeeded, so a failed or killed run is
+always followed by a full one.
 """
 
 from __future__ import annotations
@@ -103,8 +107,9 @@ def unchanged_since_last_complete_run(cfg: CityConfig, now: dict[str, Any]) -> d
     return None
 
 
-def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str) -> None:
-    """Called after a run in which every step and check succeeded; written atomically."""
+def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str, loads_started: dt.datetime) -> None:
+    """Called after a run in which every step and check succeeded (`loads_started`: when its loads
+    began); written atomically."""
     path = cfg.state_dir / RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -112,6 +117,7 @@ def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str) -> No
         json.dumps(
             {
                 "run_id": run_id,
+                "loads_started": loads_started.isoformat(),
                 "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "fingerprint": now,
             },
@@ -119,6 +125,30 @@ def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str) -> No
         )
     )
     tmp.replace(path)
+
+
+def touched_days(cfg: CityConfig, record: dict[str, Any] | None, now: dict[str, Any]) -> tuple[dt.date, dt.date] | None:
+    """For a partitioned city whose last complete run used the same definition: the days to rebuild,
+    those the rows ingested since that run's loads began fall on (this run's loads, and any a schedule
+    ran in between), and the days that became the past since that run (a record dated in the future is
+    built once its day comes). None when everything must be rebuilt (no record, a changed definition,
+    an output gone)."""
+    from orchestration.partitions import data_days, full_range
+
+    if (
+        not record
+        or "loads_started" not in record
+        or record["fingerprint"].get("definition") != now["definition"]
+        or not _outputs_present(cfg)
+    ):
+        return None
+    every_first, every_last = full_range(cfg)
+    then = max(every_first, min(every_last, dt.date.fromisoformat(record["fingerprint"]["today"])))
+    loaded = data_days(cfg, since=dt.datetime.fromisoformat(record["loads_started"]))
+    first, last = then, every_last
+    if loaded:
+        first, last = min(first, loaded[0]), max(last, loaded[1])
+    return first, last
 
 
 def forget(cfg: CityConfig) -> None:

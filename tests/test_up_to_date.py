@@ -9,8 +9,10 @@ untouched); a new file in the drop (rebuilt, the new death counted); a changed c
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 
@@ -100,3 +102,29 @@ def test_a_failed_run_leaves_no_record(tmp_path: Path) -> None:
     again = citylake("run", config=config)
     assert NOTHING_NEW not in again.stdout and catalog.is_file() and record.exists()
     assert deaths(catalog)[("CITY", "2025-02-01")] == 2
+
+
+def test_a_partitioned_city_rebuilds_only_the_days_its_new_loads_touched(tmp_path: Path) -> None:
+    """With `partitions:`, a run whose loads bring new rows rebuilds the days those rows fall on (a day of
+    margin each side) up to today, not every day since partitions.start; the rest stays as built."""
+    city = brookfield(tmp_path)
+    config = city / "city.yaml"
+    today = dt.datetime.now(ZoneInfo("Europe/Berlin")).date()
+    start = today - dt.timedelta(days=20)
+    config.write_text(config.read_text() + f"partitions:\n  start: {start}\n")
+    first = citylake("run", config=config)
+    assert f"Daily partitions {start}..{today}" in first.stdout, first.stdout
+    before = deaths(city / "lake" / "catalog.duckdb")
+
+    day = today - dt.timedelta(days=5)
+    (city / "drop" / "recent.csv").write_text(
+        f"CrashNo,When,Killed,Hurt,Lat,Lon\n2001,{day:%d.%m.%Y} 12:00,1,0,50.05,10.05\n"
+    )
+    second = citylake("run", config=config)
+    assert f"Daily partitions {day - dt.timedelta(days=1)}..{today}" in second.stdout, second.stdout
+    after = deaths(city / "lake" / "catalog.duckdb")
+    month = day.replace(day=1).isoformat()
+    assert after[("E", month)] == before.get(("E", month), 0) + 1
+    # the history (2025, in the first partition) was not rebuilt and is intact
+    assert {k: v for k, v in after.items() if k[1] < "2026"} == {k: v for k, v in before.items() if k[1] < "2026"}
+    assert NOTHING_NEW in citylake("run", config=config).stdout
