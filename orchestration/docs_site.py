@@ -259,9 +259,6 @@ class _Handler(SimpleHTTPRequestHandler):
             return self._html(data_docs_index(data_docs_dir(self.cfg)))
         return super().do_GET()
 
-    def do_HEAD(self) -> None:
-        return super().do_HEAD()
-
     def _html(self, text: str) -> None:
         data = text.encode("utf-8")
         self.send_response(200)

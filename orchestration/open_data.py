@@ -84,7 +84,7 @@ def _csv_expression(name: str, duckdb_type: str) -> str:
     return col
 
 
-def _title(name: str, description: str) -> str:
+def _title(name: str) -> str:
     words = name.removeprefix("mart_").replace("_", " ")
     return words[:1].upper() + words[1:]
 
@@ -147,7 +147,7 @@ def _slug(text: str) -> str:
 
 def publish_open_data(cfg: CityConfig, out: Path | None = None) -> OpenDataResult:
     """Write the open-data package of the latest publication under `out` (see the module docstring)."""
-    from frictionless import Package, Resource, Schema, fields
+    from frictionless import Field, Package, Resource, Schema
 
     out = Path(out) if out else Path(cfg.lake_path("open_data")) if "://" not in cfg.lake_root else None
     if out is None:
@@ -182,16 +182,16 @@ def publish_open_data(cfg: CityConfig, out: Path | None = None) -> OpenDataResul
                 files[fmt] = (f"data/{final.name}", tmp.stat().st_size)
             schema = Schema(
                 fields=[
-                    fields.AnyField.from_descriptor(
+                    Field.from_descriptor(
                         {"name": c, "type": _frictionless_type(t), **({"description": d} if d else {})}
                     )
                     for c, t, d in cols
                 ]
             )
             resource = Resource(
-                name=table.replace("_", "-"),
+                name=table,
                 path=files["csv"][0],
-                title=_title(table, description),
+                title=_title(table),
                 description=description or None,
                 format="csv",
                 mediatype="text/csv",
@@ -270,7 +270,7 @@ def _dataset(
         "@id": f"{base}datasets/{table}" if base else f"urn:citylake:{_slug(cfg.name)}:{table}",
         "@type": "dcat:Dataset",
         "dct:identifier": f"{_slug(cfg.name)}.{table}",
-        "dct:title": f"{cfg.name}: {_title(table, description)}",
+        "dct:title": f"{cfg.name}: {_title(table)}",
         "dct:description": description or f"The {table} table of {cfg.name}'s citylake lakehouse.",
         "dct:publisher": {"@type": "foaf:Agent", "foaf:name": publisher},
         "dct:issued": {"@value": published_at, "@type": "xsd:dateTime"},

@@ -128,3 +128,21 @@ def test_data_docs_page_is_styled_in_chromium(served) -> None:
     # the Home link leads to the index, which lists the page
     index = inspect_page(styled["home"], "document.querySelectorAll('tbody tr').length")
     assert index["value"] == len(data_docs_links(base)) and index["failed_requests"] == []
+
+
+def test_the_ui_links_report_and_data_docs_over_http(served) -> None:
+    """The metadata the UI shows links the docs server (http, loopback), and the paths exist on it."""
+    import dagster as dg
+
+    base, run = served
+    home = run.state / "dagster"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(["published", "analyst_catalog"]))
+        report = event.asset_materialization.metadata["report"].value
+        check = dg.AssetCheckKey(dg.AssetKey(["marts", "indicators"]), "gx_suite")
+        evaluation = instance.get_latest_asset_check_evaluation_record(check).evaluation
+        docs = evaluation.metadata["data_docs"].value
+    for url in (report, docs):
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/(report|data-docs)/.+\.html", url), url
+        path = url.split("/", 3)[3]
+        assert get(f"{base}/{path}")[0] == 200
