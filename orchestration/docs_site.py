@@ -125,21 +125,22 @@ _REMOTE = re.compile(
 _SCRIPT = re.compile(r"<script>(?:(?!</script>).)*?</script>", re.IGNORECASE | re.DOTALL)
 _FAVICON = re.compile(r"""<link\b[^>]*rel=["']shortcut icon["'][^>]*>""", re.IGNORECASE)
 _LOGO = re.compile(r"<img\b[^>]*great-expectations-web-assets[^>]*/?>", re.IGNORECASE | re.DOTALL)
+_INJECTED = re.compile(r'(?:<link rel="icon" href="data:,">)?<style id="citylake-offline">.*?</style>\n?', re.DOTALL)
 _LOCAL_LINK = re.compile(r"""href=["'](?:\.\./)+(?:index\.html|expectations/[^"']*)["']""")
 
 
 def offline_data_docs(page: str, home: str) -> str:
     """A GX Data Docs page readable with no network: see the module docstring. `home` is the relative
     URL of the Data Docs index from the page. Idempotent."""
-    if 'id="citylake-offline"' in page:
-        return page
+    page = _INJECTED.sub("", page)  # a page rewritten before gets the current stylesheet
     page = _REMOTE.sub("", page)
     page = _FAVICON.sub("", page)
     # the inline scripts call jQuery ($), which is gone: the walkthrough modal and the show/hide buttons
     page = _SCRIPT.sub("", page)
     page = _LOGO.sub('<span class="citylake-brand">Data Docs</span>', page)
     page = _LOCAL_LINK.sub(f'href="{home}"', page)
-    style = f'<style id="citylake-offline">{OFFLINE_CSS}</style>'
+    # no favicon to fetch (a browser asks for /favicon.ico otherwise, which nothing serves)
+    style = f'<link rel="icon" href="data:,"><style id="citylake-offline">{OFFLINE_CSS}</style>'
     return page.replace("</head>", style + "\n</head>", 1) if "</head>" in page else style + page
 
 
@@ -154,7 +155,7 @@ def data_docs_pages(folder: Path) -> list[tuple[str, Path]]:
 def _page(title: str, body: str) -> str:
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f'<style id="citylake-offline">{OFFLINE_CSS}</style></head><body>'
+        f'<link rel="icon" href="data:,"><style id="citylake-offline">{OFFLINE_CSS}</style></head><body>'
         f'<nav class="navbar border-bottom"><a class="navbar-brand" href="/">citylake docs</a></nav>'
         f'<div class="container-fluid"><h4>{html.escape(title)}</h4>{body}</div></body></html>'
     )
