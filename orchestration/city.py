@@ -36,3 +36,17 @@ def dagster_home(cfg: CityConfig) -> Path:
     if not conf.exists():
         shutil.copyfile(INSTANCE_TEMPLATE, conf)
     return home
+
+
+def domain_owners(cfg: CityConfig, domain: str | None) -> list[str]:
+    """The `owner:` of every source feeding an entity of `domain` (all owners for None: what spans
+    domains answers to every source's owner)."""
+    from orchestration.entities import domain_of
+
+    return sorted(
+        {
+            s.get("owner")
+            for s in cfg.sources
+            if s.get("owner") and (domain is None or (s.feeds and domain_of(s.feeds) == domain))
+        }
+    )

@@ -95,6 +95,12 @@ TextList = Annotated[list[str], _expect("a list of text values, e.g. [a, b]")]
 #: a source column or one scalar SQL expression over the source's row
 Expression = Scalar
 Entity = _choice(tuple(ENTITIES), "a conformed entity")
+#: who answers for an asset, as Dagster shows owners: an email address or team:<name>
+Owner = Annotated[
+    str,
+    Field(pattern=r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$"),
+    _expect("an email address or team:<name> (letters, digits, _ . -), e.g. owner: team:environment"),
+]
 
 
 class _Model(BaseModel):
@@ -196,6 +202,9 @@ class _Source(_Model):
     """The table may not shrink by more than max_drop between validated runs."""
     personal_data: PersonalData | None = None
     """Columns dropped or hashed before anything is written to bronze or quarantine."""
+    owner: Owner | None = None
+    """Who answers for the source's data: an email address or team:<name>. The Dagster UI shows it as
+    the owner of the source's bronze asset and of the models it feeds."""
 
 
 class _SqlSource(_Source):
@@ -418,6 +427,20 @@ class DeduplicateRule(_Model):
     """agency/source names, the first one's record kept."""
 
 
+class OpenData(_Model):
+    """What the open-data package (`citylake publish-open-data`) says about who publishes it."""
+
+    publisher: Text | None = None
+    """The publishing body, e.g. City of Riverton (default: the city's name)."""
+    license: Text | None = None
+    """The licence of the data: a URL or an SPDX id, e.g. CC-BY-4.0 (default: none stated)."""
+    base_url: Text | None = None
+    """Where the package's files will be served from, e.g. https://data.riverton.gov/citylake/ (download
+    URLs are relative to the package when unset)."""
+    contact: Text | None = None
+    """A contact point for the datasets (an email address or a URL)."""
+
+
 class CityFile(_Model):
     """A citylake city.yaml: one city, its lake and its agencies' sources (docs/cities.md)."""
 
@@ -450,6 +473,8 @@ class CityFile(_Model):
     """Where a failed run step is reported."""
     deduplicate: dict[str, DeduplicateRule | None] | None = None
     """<entity>: {match, prefer}: records delivered by several sources counted once."""
+    open_data: OpenData | None = None
+    """Publisher, licence and download location of the open-data package."""
 
     @model_validator(mode="before")
     @classmethod

@@ -6,7 +6,9 @@ run       materialize assets through Dagster (the UI's code path); --select take
 sql       read-only SQL over the published analyst catalog
 check     validate city.yaml and test each source's connectivity
 listen    subscribe to the MQTT sources and land their messages for ingestion
-dev       open the Dagster UI on this project
+dev       open the Dagster UI on this project (and the docs server its links use)
+docs      build the dbt docs and GX Data Docs and serve them with the report on 127.0.0.1
+publish-open-data  write the indicators and marts as an open-data package (CSV, Parquet, DCAT-AP)
 """
 
 from __future__ import annotations
@@ -490,6 +492,22 @@ def listen(
     click.echo(f"Landed {n} messages.")
 
 
+def _serve_docs_beside_ui(cfg: CityConfig) -> None:
+    """The docs server (report, Data Docs, dbt docs) the UI's links point at, on $CITYLAKE_DOCS_PORT (3080)."""
+    from orchestration import docs_site
+
+    try:
+        docs_site.serve_in_background(cfg)
+    except OSError as exc:
+        click.echo(
+            f"docs server not started on 127.0.0.1:{docs_site.docs_port()} ({exc}); the UI's report and "
+            f"Data Docs links need it: set {docs_site.PORT_ENV} to a free port",
+            err=True,
+        )
+        return
+    click.echo(f"Report and Data Docs: http://127.0.0.1:{docs_site.docs_port()}/ (dbt docs: citylake docs --no-serve)")
+
+
 @main.command()
 @CONFIG_OPTION
 @click.option("--port", type=int, default=3000, show_default=True)
@@ -503,6 +521,7 @@ def dev(config: str | None, port: int) -> None:
     with dg.DagsterInstance.get() as instance:
         recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    _serve_docs_beside_ui(cfg)
     with simulators(cfg):
         subprocess.run(
             [
@@ -517,6 +536,51 @@ def dev(config: str | None, port: int) -> None:
             ],
             check=False,
         )
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--port", type=int, default=None, help="port on 127.0.0.1 (default: $CITYLAKE_DOCS_PORT, else 3080)")
+@click.option("--no-serve", is_flag=True, help="build the sites and exit")
+def docs(config: str | None, port: int | None, no_serve: bool) -> None:
+    """Build the dbt docs and GX Data Docs and serve them, with the report, on 127.0.0.1."""
+    cfg = _load(config)
+    from orchestration import docs_site
+
+    click.echo("Building the dbt docs (dbt docs generate) ...")
+    try:
+        folder = docs_site.build(cfg)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Built {folder} (dbt docs, Data Docs index).")
+    if no_serve:
+        return
+    try:
+        httpd = docs_site.server(cfg, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{port or docs_site.docs_port()}: {exc}") from None
+    click.echo(f"Serving http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C stops)")
+    with httpd, contextlib.suppress(KeyboardInterrupt):
+        httpd.serve_forever()
+
+
+@main.command("publish-open-data")
+@CONFIG_OPTION
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="folder to write (default: <lake root>/open_data)"
+)
+def publish_open_data(config: str | None, out: str | None) -> None:
+    """Write the published indicators and marts as an open-data package (CSV, Parquet, datapackage.json, DCAT-AP)."""
+    cfg = _load(config)
+    from orchestration.open_data import publish_open_data as write
+
+    try:
+        result = write(cfg, Path(out) if out else None)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for table, rows in result.tables.items():
+        click.echo(f"  {table}: {rows} rows")
+    click.echo(f"Wrote {len(result.tables)} datasets to {result.folder} (datapackage.json, catalog.jsonld).")
 
 
 if __name__ == "__main__":

@@ -246,6 +246,8 @@ class CityConfig:
     partitions_start: dt.date | None = None
     #: deduplicate: entity -> the rule that counts a record delivered by several sources once
     deduplicate: dict[str, Deduplicate] = field(default_factory=dict)
+    #: open_data: publisher, license, base_url, contact of the open-data package (all optional)
+    open_data: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -1021,6 +1023,7 @@ def load_config(path: str | os.PathLike | None = None) -> CityConfig:
         alerts=_parse_alerts(data.get("alerts")),
         partitions_start=None if data.get("partitions") is None else _parse_partitions(data.get("partitions")),
         deduplicate=_parse_deduplicate(data.get("deduplicate"), sources),
+        open_data={k: str(v) for k, v in _mapping(data.get("open_data"), "open_data").items()},
     )
     if left:
         # what the model refuses that the checks above let through (they name better fixes, so go first)

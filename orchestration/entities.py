@@ -142,3 +142,21 @@ ENTITIES: dict[str, Entity] = {
 WASTE_STREAMS = ("refuse", "recycling", "organics", "other")
 #: energy sectors (free text in sources, lower-cased in staging)
 ENERGY_SECTORS = ("residential", "commercial", "industrial", "public")
+
+
+#: the domain (Dagster tag `domain`) of a source, a model or a mart, by the words its name holds; each
+#: conformed entity's name holds the words of its domain
+DOMAINS: dict[str, tuple[str, ...]] = {
+    "air": ("air_quality",),
+    "energy": ("energy",),
+    "mobility": ("transit", "mobility"),
+    "safety": ("road_collisions", "safety"),
+    "service_requests": ("service_request", "service_categor"),
+    "waste": ("waste",),
+}
+
+
+def domain_of(name: str) -> str | None:
+    """The domain a model or entity named `name` belongs to (e.g. mart_air_quality -> air); None for
+    what spans domains (districts, dates, the indicators, the quarantine)."""
+    return next((d for d, words in DOMAINS.items() if any(w in name for w in words)), None)

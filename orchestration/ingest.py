@@ -627,6 +627,17 @@ class _Loader:
         self.written(n, table.num_rows, len(rejected))
 
 
+def loaded_files(cfg: CityConfig, source: Source) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """A files source's (file, checksum) pairs in bronze, and those plus the files finished in quarantine
+    (read with the source's current options): what a load skips as already done."""
+    from orchestration.connectors.files import read_options
+
+    in_bronze = _file_pairs(lake.bronze_uri(cfg, source.agency, source.name))
+    return in_bronze, in_bronze | _file_pairs(
+        lake.quarantine_uri(cfg, source.agency, source.name), read_options(source)
+    )
+
+
 def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], None] = lambda _m: None) -> IngestResult:
     """Load what is new in `source` into bronze; return what was done.
 
@@ -655,11 +666,8 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
         result.cursor_before = stored_cursor(source, lake.read_table(uri, columns=[col]))
     loaded: set[tuple[str, str]] = set()
     if source.kind == "files":
-        from orchestration.connectors.files import read_options
-
-        in_bronze = _file_pairs(uri)
+        in_bronze, loaded = loaded_files(cfg, source)
         loader.bronze_files = {f for f, _ in in_bronze}
-        loaded = in_bronze | _file_pairs(loader.quri, read_options(source))
     pending: list[Landing] = []
     budget = source.get("batch_rows")  # mqtt: rows per commit (the model's default when unset)
     for landing in read_source(source, result.cursor_before, loaded):

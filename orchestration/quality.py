@@ -247,9 +247,12 @@ def data_docs(outcome: SuiteOutcome, path: Path) -> Path | None:
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
+    from orchestration.docs_site import offline_data_docs
+
     html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(outcome.gx_result))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
+    # readable with no network; Home goes to the Data Docs index beside the page's folder
+    path.write_text(offline_data_docs(html, "../index.html"), encoding="utf-8")
     return path
 
 

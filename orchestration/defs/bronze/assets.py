@@ -10,6 +10,7 @@ import duckdb
 
 from orchestration.city import city
 from orchestration.config import Source
+from orchestration.entities import domain_of
 from orchestration.ingest import ingest
 from orchestration.lake import bronze_uri, open_table
 
@@ -44,6 +45,8 @@ def bronze_asset(source: Source) -> dg.AssetsDefinition:
         key=["bronze", source.agency, source.name],
         group_name="bronze",
         kinds={"delta", source.kind},
+        owners=[source.get("owner")] if source.get("owner") else None,
+        tags={"domain": (domain_of(source.feeds) if source.feeds else None) or "shared"},
         description=f"{source.where} ({source.kind}) landed as received, plus ingestion metadata. "
         f"Rows that cannot be loaded go to quarantine/{source.agency}/{source.name}.",
         metadata={"primary_key": list(source.primary_key), "uri": bronze_uri(city(), source.agency, source.name)},

@@ -1,8 +1,10 @@
 """Sensors that start a bronze run when new data arrives: one per `files` source (new or changed
 files under its glob) and one per `mqtt` source (new batch files from `citylake listen`).
 
-A sensor only notices arrivals; which files are new is decided again, by path and checksum, when the
-run ingests (so a file seen twice by a sensor is still loaded once). Set `sensor: false` on a source
+A sensor requests a run only for files that are new or changed since its last tick (its cursor holds
+each file's size and modification time) and that bronze or quarantine do not already hold by path and
+checksum: opening the UI after `citylake run` starts nothing. Which files are new is decided again when
+the run ingests (so a file seen twice by a sensor is still loaded once). Set `sensor: false` on a source
 to leave it to its schedule. Sensors start running with the daemon (`citylake dev`).
 """
 
@@ -33,6 +35,27 @@ def arrivals(source: Source) -> dict[str, str]:
     return file_stamps(source.local_path())
 
 
+def already_loaded_dropped(source: Source, paths: list[str]) -> list[str]:
+    """`paths` without the files a load would skip: for a files source, those whose path and checksum
+    bronze or quarantine already hold (what every file is on the first tick after `citylake run`
+    loaded the folder, when the sensor has no cursor yet). MQTT batch files leave the landing folder
+    when ingested, so every pending one is new."""
+    if source.kind != "files" or not paths:
+        return paths
+    from orchestration.connectors.files import checksum
+    from orchestration.ingest import loaded_files
+
+    _, loaded = loaded_files(city(), source)
+    new = []
+    for p in paths:
+        try:
+            if (p, checksum(p)) not in loaded:
+                new.append(p)
+        except FileNotFoundError:  # moved away since it was listed
+            continue
+    return new
+
+
 def arrival_sensor(source: Source) -> dg.SensorDefinition:
     """Request a run of bronze/<agency>/<source> when a file appears or changes."""
     key = dg.AssetKey(["bronze", source.agency, source.name])
@@ -45,19 +68,21 @@ def arrival_sensor(source: Source) -> dg.SensorDefinition:
         description=f"Starts bronze/{source.agency}/{source.name} when new "
         + ("MQTT batches land." if source.kind == "mqtt" else f"files match {source.get('path')}."),
     )
-    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         seen = json.loads(context.cursor) if context.cursor else {}
         now = arrivals(source)
-        new = sorted(p for p, stamp in now.items() if seen.get(p) != stamp)
+        new = already_loaded_dropped(source, sorted(p for p, stamp in now.items() if seen.get(p) != stamp))
+        # the cursor keeps only what still exists, so it stays as small as the folder; it moves on a skip
+        # too, so files judged already loaded are not checksummed again on the next tick
+        cursor = json.dumps(now)
         if not new:
-            return dg.SkipReason(f"no new files for {source.key}")
+            return dg.SensorResult(skip_reason=f"no new files for {source.key}", cursor=cursor)
         run_key = hashlib.sha256(json.dumps([(p, now[p]) for p in new]).encode()).hexdigest()[:32]
-        # the cursor keeps only what still exists, so it stays as small as the folder
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(run_key=run_key, asset_selection=[key], tags={"citylake/new_files": str(len(new))})
             ],
-            cursor=json.dumps(now),
+            cursor=cursor,
         )
 
     return _sensor

@@ -10,6 +10,7 @@ import json
 import dagster as dg
 
 from orchestration.city import city, dbt_project_dir
+from orchestration.docs_site import docs_url
 from orchestration.publish import (
     REPORT_NAME,
     build_catalog,
@@ -117,7 +118,8 @@ def publish(context: dg.AssetExecutionContext):
         asset_key=["published", "analyst_catalog"],
         metadata={
             "path": dg.MetadataValue.path(str(path)),
-            "report": dg.MetadataValue.url(report.as_uri()),
+            # served by the docs server `citylake dev` starts (a browser does not follow file:// from the UI)
+            "report": dg.MetadataValue.url(docs_url(f"report/{REPORT_NAME}")),
             "report_path": dg.MetadataValue.path(str(report)),
             "tables": ", ".join(sorted(catalog_tables)),
             "quarantined_rows": catalog_tables["quarantine"].num_rows,

@@ -27,6 +27,7 @@ import pandas as pd
 from orchestration.city import city, dbt_project_dir
 from orchestration.city_schema import Volume, default
 from orchestration.config import Source
+from orchestration.docs_site import docs_url
 from orchestration.lake import bronze_uri, quarantine_uri, read_table
 from orchestration.quality import (
     ExpectationOutcome,
@@ -135,7 +136,9 @@ def check_result(outcome: SuiteOutcome, key: list[str], run_id: str, volume: Vol
         "offending_rows_sample": dg.MetadataValue.md(_sample_md(outcome)),
     }
     if docs:
-        metadata["data_docs"] = dg.MetadataValue.url(docs.as_uri())
+        # served by the docs server `citylake dev` starts (a browser does not follow file:// from the UI)
+        metadata["data_docs"] = dg.MetadataValue.url(docs_url(f"data-docs/{docs.parent.name}/{docs.name}"))
+        metadata["data_docs_path"] = dg.MetadataValue.path(str(docs))
     return dg.AssetCheckResult(
         passed=outcome.success,
         severity=dg.AssetCheckSeverity.ERROR,

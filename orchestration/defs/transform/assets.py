@@ -14,15 +14,16 @@ indicators), rebuilt whole. A backfill of a range of days runs as one dbt build 
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from orchestration.city import city, dbt_project_dir
+from orchestration.city import city, dbt_project_dir, domain_owners
 from orchestration.dbt_build import dbt_env
+from orchestration.entities import domain_of
 from orchestration.partitions import EARLIEST, daily_partitions, window_vars
 
 
@@ -40,6 +41,23 @@ class CityTranslator(DagsterDbtTranslator):
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         props = dbt_resource_props
         return "reference" if props["resource_type"] == "seed" else layer(props)
+
+    def get_description(self, dbt_resource_props: Mapping[str, Any]) -> str:
+        """The model's description from its property file, never its SQL (dagster-dbt's default appends
+        the raw SQL, which drowns the description; the UI shows the code under the asset's definition)."""
+        props = dbt_resource_props
+        return (props.get("description") or "").strip() or (
+            f"dbt {props['resource_type']} {props['name']} ({props.get('original_file_path', '')})"
+        )
+
+    def get_tags(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, str]:
+        """dbt's tags plus `domain` (air, energy, mobility, safety, service_requests, waste, or shared)."""
+        return {**super().get_tags(dbt_resource_props), "domain": domain_of(dbt_resource_props["name"]) or "shared"}
+
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> Sequence[str] | None:
+        """Owners from dbt `meta` (`owner`/`owners`, dagster-dbt's default), else the `owner:` in city.yaml
+        of the sources feeding the model's domain."""
+        return super().get_owners(dbt_resource_props) or domain_owners(city(), domain_of(dbt_resource_props["name"]))
 
 
 def layer(props: Mapping[str, Any]) -> str:
