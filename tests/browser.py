@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -32,3 +33,9 @@ def run_chromium(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
             timeout=timeout,
             check=True,
         )
+
+
+def console_messages(stderr: str) -> list[str]:
+    """What the page wrote to the browser console (script errors included), from a run with
+    `--enable-logging=stderr --v=0`; Chromium's own log lines (D-Bus, GPU) are not the page's."""
+    return re.findall(r":CONSOLE[^\]]*\] (.*)", stderr)
