@@ -24,20 +24,6 @@ import duckdb
 from orchestration.report_chart import CITY, CITY_LABEL, line_chart, value_axis
 from orchestration.report_map import CityMap, choropleth, project
 
-#: the indicators mart's columns, in its order: the CSV downloads carry exactly these (plus named extras)
-MART_COLUMNS = [
-    "indicator_id",
-    "indicator_name",
-    "unit",
-    "area_id",
-    "period_grain",
-    "period_start",
-    "value",
-    "numerator",
-    "denominator",
-    "coverage",
-    "standard",
-]
 YEAR_ROWS_SHOWN = 10
 #: a latest-month table by district is shown open up to this many rows (folded, it still prints its CSV)
 OPEN_ROWS = 21
@@ -50,6 +36,18 @@ class Gate:
     asset: str
     check: str
     status: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the indicators mart: the fields the report reads, and the whole row for the CSVs."""
+
+    area: str
+    grain: str
+    start: dt.date
+    value: float | None
+    coverage: float | None
+    raw: tuple
 
 
 @dataclass(frozen=True)
@@ -82,11 +80,14 @@ def render(con: duckdb.DuckDBPyConnection, city: str, gates: list[Gate]) -> str:
         "select district_code, district_name, geometry_wkt from dim_district order by district_code"
     ).fetchall()
     names = {code: (name or "").strip() or code for code, name, _ in districts}
-    rows = con.execute(f"select {', '.join(MART_COLUMNS)} from indicators order by all").fetchall()
-    by_indicator: dict[str, list[tuple]] = {}
-    for r in rows:
-        by_indicator.setdefault(r[0], []).append(r)
-    latest_data = max((r[5] for r in rows if r[4] == "month"), default=None)
+    mart = con.execute("select * from indicators order by indicator_id, area_id, period_grain, period_start")
+    columns = [c[0] for c in mart.description]
+    at = [columns.index(c) for c in ("indicator_id", "area_id", "period_grain", "period_start", "value", "coverage")]
+    by_indicator: dict[str, list[Row]] = {}
+    for raw in mart.fetchall():
+        ind, *fields = (raw[i] for i in at)
+        by_indicator.setdefault(ind, []).append(Row(*fields, raw))
+    latest_data = max((r.start for rows in by_indicator.values() for r in rows if r.grain == "month"), default=None)
     city_map = project([(code, names[code], geom) for code, _, geom in districts])
 
     published_at = _json_text(info.get("published_at"))
@@ -99,11 +100,11 @@ def render(con: duckdb.DuckDBPyConnection, city: str, gates: list[Gate]) -> str:
         _gates_html(gates),
         _reading_guide(districts, names, city_map),
         "<h2>Citywide, latest month</h2>",
-        _city_table(catalogue, by_indicator),
+        _city_table(catalogue, by_indicator, columns),
         '<h2>Indicator by indicator</h2><div class="indicators">',
     ]
     for ind in catalogue:
-        parts.append(_section(ind, by_indicator.get(ind.indicator_id, []), names, city_map))
+        parts.append(_section(ind, by_indicator.get(ind.indicator_id, []), names, city_map, columns))
     parts += ["</div>", _held_back(con), _SCRIPT, "</body></html>"]
     return "\n".join(parts) + "\n"
 
@@ -223,7 +224,7 @@ def _gates_html(gates: list[Gate]) -> str:
     return out
 
 
-def _reading_guide(districts: list[tuple], names: dict[str, str], city_map: CityMap) -> str:
+def _reading_guide(districts: list[Row], names: dict[str, str], city_map: CityMap) -> str:
     """How to read the report: periods, per-period units, coverage, direction, areas and the map."""
     items = [
         "<li><strong>Period</strong>: a calendar month or year in the city's local time. "
@@ -282,20 +283,20 @@ def _direction(ind: Indicator) -> str:
     return {"lower": "lower is better", "higher": "higher is better"}.get(ind.better or "", "no better or worse")
 
 
-def _edge_months(rows: list[tuple]) -> set[dt.date]:
+def _edge_months(rows: list[Row]) -> set[dt.date]:
     """The first and last month an indicator has: where delivered data may cover part of the month."""
-    months = sorted({r[5] for r in rows if r[4] == "month"})
+    months = sorted({r.start for r in rows if r.grain == "month"})
     return {months[0], months[-1]} if months else set()
 
 
-def _latest(rows: list[tuple], area: str, grain: str) -> tuple[tuple | None, tuple | None]:
+def _latest(rows: list[Row], area: str, grain: str) -> tuple[Row | None, Row | None]:
     """The area's latest row of the grain and the row of the period just before it (None when absent)."""
-    own = [r for r in rows if r[3] == area and r[4] == grain]
+    own = [r for r in rows if r.area == area and r.grain == grain]
     if not own:
         return None, None
     last = own[-1]
-    before = _previous_start(last[5], grain)
-    prev = next((r for r in own if r[5] == before), None)
+    before = _previous_start(last.start, grain)
+    prev = next((r for r in own if r.start == before), None)
     return last, prev
 
 
@@ -305,7 +306,7 @@ def _previous_start(start: dt.date, grain: str) -> dt.date:
     return (start - dt.timedelta(days=1)).replace(day=1)
 
 
-def _city_table(catalogue: list[Indicator], by_indicator: dict[str, list[tuple]]) -> str:
+def _city_table(catalogue: list[Indicator], by_indicator: dict[str, list[Row]], columns: list[str]) -> str:
     body, csv_rows = [], []
     for ind in catalogue:
         rows = by_indicator.get(ind.indicator_id, [])
@@ -316,26 +317,26 @@ def _city_table(catalogue: list[Indicator], by_indicator: dict[str, list[tuple]]
                 f'<td colspan="6" class="note">{_e(ind.note or "no data")}</td></tr>'
             )
             continue
-        csv_rows.append(list(last))
-        edge = " &dagger;" if last[5] in _edge_months(rows) else ""
+        csv_rows.append(list(last.raw))
+        edge = " &dagger;" if last.start in _edge_months(rows) else ""
         body.append(
             "<tr>"
-            f"<td>{_e(ind.indicator_id)}</td><td>{_e(ind.name)}</td><td>{last[5]:%b %Y}{edge}</td>"
-            f'<td class="num">{_e(_fmt(last[6]))}</td><td>{_e(unit_for(ind.unit, "month"))}</td>'
-            f'<td class="num">{_e(_fmt(prev[6]) if prev else "")}</td>'
-            f"<td>{_change(last[6], prev[6] if prev else None, ind)}</td>"
-            f'<td class="num">{_pct(last[9])}</td>'
+            f"<td>{_e(ind.indicator_id)}</td><td>{_e(ind.name)}</td><td>{last.start:%b %Y}{edge}</td>"
+            f'<td class="num">{_e(_fmt(last.value))}</td><td>{_e(unit_for(ind.unit, "month"))}</td>'
+            f'<td class="num">{_e(_fmt(prev.value) if prev else "")}</td>'
+            f"<td>{_change(last.value, prev.value if prev else None, ind)}</td>"
+            f'<td class="num">{_pct(last.coverage)}</td>'
             "</tr>"
         )
     head = "".join(
         f"<th>{h}</th>" for h in ["indicator", "name", "month", "value", "unit", "month before", "change", "coverage"]
     )
     return f'<table id="citywide"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>' + csv_link(
-        "citywide_latest_month.csv", MART_COLUMNS, csv_rows, "Download this table as CSV"
+        "citywide_latest_month.csv", columns, csv_rows, "Download this table as CSV"
     )
 
 
-def _section(ind: Indicator, rows: list[tuple], names: dict[str, str], city_map: CityMap) -> str:
+def _section(ind: Indicator, rows: list[Row], names: dict[str, str], city_map: CityMap, columns: list[str]) -> str:
     """One indicator: its definition, the latest month's map and table, the chart of months, the years."""
     slug = ind.indicator_id
     out = [
@@ -349,15 +350,15 @@ def _section(ind: Indicator, rows: list[tuple], names: dict[str, str], city_map:
         f'<dt>Direction</dt><dd class="direction">{_e(_direction(ind))}</dd>'
         f"<dt>Standard</dt><dd>{_e(ind.standard)} ({_e(ind.indicator_id)})</dd></dl>",
     ]
-    monthly = [r for r in rows if r[4] == "month"]
+    monthly = [r for r in rows if r.grain == "month"]
     if not monthly:
         out.append(f'<p class="note">{_e(ind.note or "No data yet.")}</p></section>')
         return "".join(out)
-    latest_month = max(r[5] for r in monthly)
+    latest_month = max(r.start for r in monthly)
     edge = _edge_months(rows)
     month_label = f"{latest_month:%B %Y}" + (" &dagger;" if latest_month in edge else "")
-    in_month = [r for r in monthly if r[5] == latest_month]
-    values = {r[3]: r[6] for r in in_month if r[3] != CITY}
+    in_month = [r for r in monthly if r.start == latest_month]
+    values = {r.area: r.value for r in in_month if r.area != CITY}
     figures = []
     if city_map.shapes and values:
         figures.append(
@@ -370,8 +371,8 @@ def _section(ind: Indicator, rows: list[tuple], names: dict[str, str], city_map:
         )
     series: dict[str, list[tuple[dt.date, float]]] = {}
     for r in monthly:
-        if r[6] is not None:
-            series.setdefault(r[3], []).append((r[5], float(r[6])))
+        if r.value is not None:
+            series.setdefault(r.area, []).append((r.start, float(r.value)))
     floor = value_axis([v for pts in series.values() for _, v in pts])[0]
     axis = "" if floor == 0 else f"; the value axis starts at {floor:,g}, not at zero"
     figures.append(
@@ -381,67 +382,69 @@ def _section(ind: Indicator, rows: list[tuple], names: dict[str, str], city_map:
         + "</figure>"
     )
     out.append(f'<div class="figures">{"".join(figures)}</div>')
-    out.append(_area_table(ind, rows, in_month, names, month_label))
-    out.append(_year_table(ind, rows))
+    out.append(_area_table(ind, rows, in_month, names, month_label, columns))
+    out.append(_year_table(ind, rows, columns))
     out.append("</section>")
     return "".join(out)
 
 
-def _area_table(ind: Indicator, rows: list[tuple], in_month: list[tuple], names: dict[str, str], label: str) -> str:
+def _area_table(
+    ind: Indicator, rows: list[Row], in_month: list[Row], names: dict[str, str], label: str, columns: list[str]
+) -> str:
     """The latest month by area (whole city first, then districts by name) with the change since the
     month before."""
-    prev_start = _previous_start(in_month[0][5], "month")
-    prev = {r[3]: r[6] for r in rows if r[4] == "month" and r[5] == prev_start}
-    ordered = sorted(in_month, key=lambda r: (r[3] != CITY, _area_name(r[3], names).lower()))
+    prev_start = _previous_start(in_month[0].start, "month")
+    prev = {r.area: r.value for r in rows if r.grain == "month" and r.start == prev_start}
+    ordered = sorted(in_month, key=lambda r: (r.area != CITY, _area_name(r.area, names).lower()))
     body = []
     for r in ordered:
-        name = _area_name(r[3], names)
-        code = "" if r[3] == CITY or name == r[3] else r[3]
+        name = _area_name(r.area, names)
+        code = "" if r.area == CITY or name == r.area else r.area
         body.append(
-            f"<tr><td>{_e(name)}</td><td>{_e(code)}</td><td class=num>{_e(_fmt(r[6]))}</td>"
-            f"<td class=num>{_e(_fmt(prev.get(r[3])))}</td><td>{_change(r[6], prev.get(r[3]), ind)}</td>"
-            f"<td class=num>{_pct(r[9])}</td></tr>"
+            f"<tr><td>{_e(name)}</td><td>{_e(code)}</td><td class=num>{_e(_fmt(r.value))}</td>"
+            f"<td class=num>{_e(_fmt(prev.get(r.area)))}</td><td>{_change(r.value, prev.get(r.area), ind)}</td>"
+            f"<td class=num>{_pct(r.coverage)}</td></tr>"
         )
     head = "".join(f"<th>{h}</th>" for h in ["area", "code", "value", "month before", "change", "coverage"])
-    csv_rows = [[*r, _area_name(r[3], names)] for r in ordered]
+    csv_rows = [[*r.raw, _area_name(r.area, names)] for r in ordered]
     fold = "" if len(ordered) > OPEN_ROWS else " open"
     return (
         f'<details class="areas"{fold}><summary>{label}, by district ({_e(unit_for(ind.unit, "month"))})'
         f'</summary><table class=areas data-indicator="{_e(ind.indicator_id)}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></details>"
-        + csv_link(f"{ind.indicator_id}_latest_month_by_area.csv", [*MART_COLUMNS, "area_name"], csv_rows)
+        + csv_link(f"{ind.indicator_id}_latest_month_by_area.csv", [*columns, "area_name"], csv_rows)
     )
 
 
-def year_coverage(year_row: tuple, months_with_data: int) -> float | None:
+def year_coverage(year_row: Row, months_with_data: int) -> float | None:
     """A year's coverage in the report: the mart's coverage (measured over the delivered days) times the
     share of the year's twelve months that have any citywide data for the indicator."""
-    return None if year_row[9] is None else year_row[9] * months_with_data / 12
+    return None if year_row.coverage is None else year_row.coverage * months_with_data / 12
 
 
-def _year_table(ind: Indicator, rows: list[tuple]) -> str:
+def _year_table(ind: Indicator, rows: list[Row], columns: list[str]) -> str:
     """Citywide, calendar year by calendar year (latest first), with honest coverage for partial years."""
-    years = [r for r in rows if r[3] == CITY and r[4] == "year"]
+    years = [r for r in rows if r.area == CITY and r.grain == "year"]
     if not years:
         return ""
     months: dict[int, list[dt.date]] = {}
     for r in rows:
-        if r[3] == CITY and r[4] == "month":
-            months.setdefault(r[5].year, []).append(r[5])
-    by_start = {r[5]: r for r in years}
+        if r.area == CITY and r.grain == "month":
+            months.setdefault(r.start.year, []).append(r.start)
+    by_start = {r.start: r for r in years}
     body, csv_rows = [], []
     for r in reversed(years):
-        have = sorted(months.get(r[5].year, []))
+        have = sorted(months.get(r.start.year, []))
         share = year_coverage(r, len(have))
-        prev = by_start.get(_previous_start(r[5], "year"))
+        prev = by_start.get(_previous_start(r.start, "year"))
         span = f"{have[0]:%b}&ndash;{have[-1]:%b} ({len(have)} of 12 months)" if have else "no month"
         if len(have) == 12:
             span = "all 12 months"
-        csv_rows.append([*r, len(have), share])
+        csv_rows.append([*r.raw, len(have), share])
         if len(body) < YEAR_ROWS_SHOWN:
             body.append(
-                f"<tr><td>{r[5].year}</td><td>{span}</td><td class=num>{_e(_fmt(r[6]))}</td>"
-                f"<td>{_change(r[6], prev[6] if prev else None, ind)}</td>"
+                f"<tr><td>{r.start.year}</td><td>{span}</td><td class=num>{_e(_fmt(r.value))}</td>"
+                f"<td>{_change(r.value, prev.value if prev else None, ind)}</td>"
                 f'<td class="num year-coverage">{_pct(share)}</td></tr>'
             )
     head = "".join(f"<th>{h}</th>" for h in ["year", "months with data", "value", "change", "coverage"])
@@ -452,7 +455,7 @@ def _year_table(ind: Indicator, rows: list[tuple]) -> str:
         f"<tbody>{''.join(body)}</tbody></table>"
         + csv_link(
             f"{ind.indicator_id}_citywide_by_year.csv",
-            [*MART_COLUMNS, "months_with_data", "coverage_of_year"],
+            [*columns, "months_with_data", "coverage_of_year"],
             csv_rows,
         )
     )
