@@ -192,11 +192,14 @@ svg path.district:hover {{ stroke: #000; stroke-width: 1.5; }}
 .legend {{ font-size: 12px; color: #444; max-width: 340px; }} .legend span {{ white-space: nowrap; }}
 .legend i {{ display: inline-block; width: 14px; height: 10px; vertical-align: middle; margin: 0 4px 0 8px;
   border: 1px solid #bbb; }}
-a.csv {{ font-size: 12px; margin-left: 8px; }}
+a.csv {{ font-size: 12px; margin-left: 8px; }} td.month {{ white-space: nowrap; }}
+.id {{ font-size: 11px; color: #777; }}
+svg.chart, svg.map {{ max-width: 100%; height: auto; }}
 dl.definition {{ display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 6px 0 10px;
   font-size: 14px; }}
 dl.definition dt {{ color: #555; }} dl.definition dd {{ margin: 0; }}
 details {{ margin-top: 6px; }}
+@page {{ margin: 12mm; }}
 @media print {{
   body {{ margin: 0; max-width: none; font-size: 11pt; }}
   a.csv, script {{ display: none; }}
@@ -313,15 +316,15 @@ def _city_table(catalogue: list[Indicator], by_indicator: dict[str, list[Row]], 
         last, prev = _latest(rows, CITY, "month")
         if last is None:
             body.append(
-                f"<tr><td>{_e(ind.indicator_id)}</td><td>{_e(ind.name)}</td>"
+                f'<tr data-indicator="{_e(ind.indicator_id)}"><td>{_name_cell(ind)}</td>'
                 f'<td colspan="6" class="note">{_e(ind.note or "no data")}</td></tr>'
             )
             continue
         csv_rows.append(list(last.raw))
         edge = " &dagger;" if last.start in _edge_months(rows) else ""
         body.append(
-            "<tr>"
-            f"<td>{_e(ind.indicator_id)}</td><td>{_e(ind.name)}</td><td>{last.start:%b %Y}{edge}</td>"
+            f'<tr data-indicator="{_e(ind.indicator_id)}">'
+            f'<td>{_name_cell(ind)}</td><td class="month">{last.start:%b %Y}{edge}</td>'
             f'<td class="num">{_e(_fmt(last.value))}</td><td>{_e(unit_for(ind.unit, "month"))}</td>'
             f'<td class="num">{_e(_fmt(prev.value) if prev else "")}</td>'
             f"<td>{_change(last.value, prev.value if prev else None, ind)}</td>"
@@ -329,11 +332,16 @@ def _city_table(catalogue: list[Indicator], by_indicator: dict[str, list[Row]], 
             "</tr>"
         )
     head = "".join(
-        f"<th>{h}</th>" for h in ["indicator", "name", "month", "value", "unit", "month before", "change", "coverage"]
+        f"<th>{h}</th>" for h in ["indicator", "month", "value", "unit", "month before", "change", "coverage"]
     )
     return f'<table id="citywide"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>' + csv_link(
         "citywide_latest_month.csv", columns, csv_rows, "Download this table as CSV"
     )
+
+
+def _name_cell(ind: Indicator) -> str:
+    """The indicator's name, linked to its section, with its id beneath."""
+    return f'<a href="#{_e(ind.indicator_id)}">{_e(ind.name)}</a><div class="id">{_e(ind.indicator_id)}</div>'
 
 
 def _section(ind: Indicator, rows: list[Row], names: dict[str, str], city_map: CityMap, columns: list[str]) -> str:
@@ -369,6 +377,8 @@ def _section(ind: Indicator, rows: list[Row], names: dict[str, str], city_map: C
             )
             + "</figure>"
         )
+    elif city_map.shapes:
+        figures.append(f'<p class="note no-district-map">No map: no district has a value in {month_label}.</p>')
     series: dict[str, list[tuple[dt.date, float]]] = {}
     for r in monthly:
         if r.value is not None:

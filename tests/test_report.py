@@ -113,12 +113,12 @@ def test_the_citywide_table_gives_value_change_and_coverage_of_the_latest_month(
         )
     }
     table = re.search(r'<table id="citywide">(.*?)</table>', report, re.DOTALL).group(1)
-    rows = dict(re.findall(r"<tr><td>([^<]+)</td>(.*?)</tr>", table))
+    rows = dict(re.findall(r'<tr data-indicator="([^"]+)">(.*?)</tr>', table))
     assert sorted(rows) == sorted(city)
     better = dict(_query(city_run.catalog, "select indicator_id, better from indicator_catalog"))
     for ind, (value, coverage, prev) in city.items():
         cells = rows[ind]
-        assert "<td>Mar 2025 &dagger;</td>" in cells, ind  # the data end on 20 March: an edge month
+        assert '<td class="month">Mar 2025 &dagger;</td>' in cells, ind  # the data end on 20 March: an edge month
         assert f">{coverage:.0%}</td>" in cells, ind
         went_up = value > prev
         good = went_up == (better[ind] == "higher")
