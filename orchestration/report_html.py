@@ -140,6 +140,13 @@ def unit_for(unit: str, grain: str) -> str:
     return unit.replace("per period", f"per {grain}")
 
 
+def _unit_text(unit: str) -> str:
+    """The unit as the definition states it: both periods spelled out when it is per period."""
+    if "per period" not in unit:
+        return _e(unit)
+    return f"{_e(unit_for(unit, 'month'))} for a month, {_e(unit_for(unit, 'year'))} for a year"
+
+
 def _area_name(area: str, names: dict[str, str]) -> str:
     return CITY_LABEL if area == CITY else names.get(area, area)
 
@@ -353,8 +360,7 @@ def _section(ind: Indicator, rows: list[Row], names: dict[str, str], city_map: C
         '<dl class="definition">'
         f"<dt>Definition</dt><dd>{_e(ind.definition)}</dd>"
         f"<dt>Formula</dt><dd>{_e(ind.formula)}</dd>"
-        f"<dt>Unit</dt><dd>{_e(unit_for(ind.unit, 'month'))} for a month, "
-        f"{_e(unit_for(ind.unit, 'year'))} for a year</dd>"
+        f"<dt>Unit</dt><dd>{_unit_text(ind.unit)}</dd>"
         f'<dt>Direction</dt><dd class="direction">{_e(_direction(ind))}</dd>'
         f"<dt>Standard</dt><dd>{_e(ind.standard)} ({_e(ind.indicator_id)})</dd></dl>",
     ]
@@ -447,7 +453,8 @@ def _year_table(ind: Indicator, rows: list[Row], columns: list[str]) -> str:
         have = sorted(months.get(r.start.year, []))
         share = year_coverage(r, len(have))
         prev = by_start.get(_previous_start(r.start, "year"))
-        span = f"{have[0]:%b}&ndash;{have[-1]:%b} ({len(have)} of 12 months)" if have else "no month"
+        months_text = f"{have[0]:%b}" + (f"&ndash;{have[-1]:%b}" if len(have) > 1 else "")
+        span = f"{months_text} ({len(have)} of 12 months)" if have else "no month"
         if len(have) == 12:
             span = "all 12 months"
         csv_rows.append([*r.raw, len(have), share])
