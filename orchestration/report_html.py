@@ -126,8 +126,8 @@ def _json_text(value: str | None) -> str:
 def _fmt(value: float | None) -> str:
     if value is None:
         return ""
-    if value != 0 and abs(value) < 0.01:
-        return f"{value:.3g}"
+    if value != 0 and abs(value) < 1:
+        return f"{value:.3g}"  # small per-capita values: 0.0412, not 0.04
     return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
