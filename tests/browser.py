@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -135,3 +136,9 @@ def inspect_page(url: str, expression: str, timeout: float = 120) -> dict:
                 proc.kill()
                 proc.wait()
     return found
+
+
+def console_messages(stderr: str) -> list[str]:
+    """What the page wrote to the browser console (script errors included), from a run with
+    `--enable-logging=stderr --v=0`; Chromium's own log lines (D-Bus, GPU) are not the page's."""
+    return re.findall(r":CONSOLE[^\]]*\] (.*)", stderr)

@@ -133,7 +133,7 @@ def write_city_config(root: Path, city_dir: Path, lake: Path, partitioned: bool 
     return write_config(root, city_dir, lake, root / "state", free_port(), edit)
 
 
-def citylake(*args: str, config: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def citylake(*args: str, config: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "CITYLAKE_CONFIG": str(config)}
     env.pop("DAGSTER_HOME", None)
     proc = subprocess.run(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -20,6 +21,7 @@ import duckdb
 import pytest
 import yaml
 
+from tests.browser import CHROMIUM, SKIP_REASON, run_chromium
 from tests.conftest import citylake
 
 TZ = "Australia/Adelaide"
@@ -158,6 +160,23 @@ def test_a_city_without_reference_data_publishes_and_says_what_is_absent(city):
     assert keys[:3] == [("A\\|b|c",), ("A|b\\|c",), ("Z|1",)] and len(keys) == 13
     tomorrow = dt.datetime.now(ZoneInfo(TZ)).date() + dt.timedelta(days=1)
     assert held == [("F|1", f"accident_at {tomorrow} is in the future")]
+
+
+def test_the_report_maps_the_island_ward_and_the_ward_with_a_lake_as_one_shape_each(city):
+    report = (city.parent / "lake" / "indicator_report.html").read_text(encoding="utf-8")
+    section = re.search(r'<section class="indicator" id="iso37120_18_8".*?</section>', report, re.DOTALL).group(0)
+    shapes = dict(re.findall(r'<path class="district" data-code="([^"]+)" d="([^"]+)"', section))
+    # N1: two islands, two sub-paths; S2: its outline and its lake, drawn with the even-odd rule
+    assert {code: d.count("M") for code, d in shapes.items()} == {"N1": 2, "S2": 2}
+    assert section.count('fill-rule="evenodd"') == 2
+    assert "<title>North: 200.00</title>" in section and "<title>South: " in section
+    assert ">North</text>" in section and ">South</text>" in section  # the names from name_property
+    if CHROMIUM is None:
+        pytest.skip(SKIP_REASON)
+    dom = run_chromium("--dump-dom", (city.parent / "lake" / "indicator_report.html").as_uri()).stdout
+    # the browser laid out both shapes of every map (one map per indicator with district values)
+    drawn = re.findall(r'<svg class="map"[^>]*data-shapes-drawn="(\d+)"', dom)
+    assert drawn and set(drawn) == {"2"}, drawn
 
 
 def test_reference_data_added_later_is_used_by_the_next_run(city):

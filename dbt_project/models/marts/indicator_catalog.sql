@@ -1,5 +1,5 @@
--- The indicator catalogue: what each indicator means, its unit, formula and the standard it follows,
--- and, for an indicator with no value at all, why (`note`): a city need not feed every entity.
+-- The indicator catalogue: what each indicator means, its unit, formula, the standard it follows, which
+-- way is better, and, for an indicator with no value at all, why (`note`): a city need not feed every entity.
 with definitions as (
 
     select * from {{ ref('indicator_definitions') }}
@@ -32,6 +32,7 @@ final as (
         definitions.standard,
         definitions.domain,
         definitions.entity,
+        cast(definitions.better as varchar) as better,
         case
             when coalesce(published.n_rows, 0) > 0 then null
             when definitions.indicator_id = 'svc_311_closed_within_target'

@@ -1,5 +1,5 @@
 -- Daily air quality by district (city local date): the mean over the district's stations of each
--- station's daily mean, ug/m3.
+-- station's daily mean, µg/m³.
 with observations as (
 
     select
