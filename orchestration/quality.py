@@ -347,7 +347,7 @@ def validate_relation(
                 f"{_EXTREMES[exp['type']].__name__}({quote(col)}) filter (where not {_missing([col], types)})"
             )
             jobs.append((outcome, len(selects) - 1, None, []))
-    figures = con.execute(f"select {', '.join(selects)} from {relation}", params).fetchone()
+    figures = con.execute(f"select {', '.join(selects)} from {relation}", params).fetchall()[0]
     rows = int(figures[0])
     for outcome, at, cond, local in jobs:
         if cond is None:
@@ -412,7 +412,7 @@ def _judge_unique(con: Any, relation: str, exp: dict, outcome: ExpectationOutcom
                                             group by {keys} having count(*) > 1))"""
             if cols
             else "select 0, 0"
-        ).fetchone()
+        ).fetchall()[0]
     )
     outcome.judge()
     if not outcome.success:
@@ -511,6 +511,7 @@ def gx_result(outcome: SuiteOutcome) -> Any:
     with the counts found, so that Data Docs render it like any GX validation."""
     from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.expectations.registry import get_expectation_impl
 
     results = []
     for o in outcome.expectations:
@@ -531,12 +532,17 @@ def gx_result(outcome: SuiteOutcome) -> Any:
             }
         else:
             res = {"observed_value": o.observed_value} if o.observed_value is not None else {}
-        kwargs = {k: v for k, v in o.kwargs.items() if k != "scope"}
+        # citylake's own notes (scope, the volume rule's max_drop) are not GX kwargs: they go in meta
+        fields = get_expectation_impl(o.type).__fields__
+        kwargs = {k: v for k, v in o.kwargs.items() if k in fields}
         results.append(
             ExpectationValidationResult(
                 success=o.success,
                 expectation_config=ExpectationConfiguration(
-                    type=o.type, kwargs=kwargs, meta={"scope": o.kwargs.get("scope") or outcome.scope}
+                    type=o.type,
+                    kwargs=kwargs,
+                    meta={k: v for k, v in o.kwargs.items() if k not in fields}
+                    | {"scope": o.kwargs.get("scope") or outcome.scope},
                 ),
                 result=json.loads(json.dumps(res, default=str)),
             )
@@ -695,7 +701,7 @@ def validate_load(suite: dict, uri: str, batch: str | None, fresh_column: str | 
         con.execute("set TimeZone = 'UTC'")
         con.register("bronze", table.to_pyarrow_dataset())
         if total is None:  # a file without statistics: counted
-            total = con.execute("select count(*) from bronze").fetchone()[0]
+            total = con.execute("select count(*) from bronze").fetchall()[0][0]
         load = (
             f"(select * from bronze where _batch = {literal(batch)})" if batch else "(select * from bronze where false)"
         )
@@ -724,7 +730,7 @@ def validate_model(suite: dict, database: Path, model: str, window: tuple[str, s
     import duckdb
 
     with duckdb.connect(str(database), read_only=True) as con:
-        total = con.execute(f"select count(*) from {quote(model)}").fetchone()[0]
+        total = con.execute(f"select count(*) from {quote(model)}").fetchall()[0][0]
         names = [r[0] for r in con.execute(f"describe {quote(model)}").fetchall()]
         if window is None or "partition_date" not in names:
             return validate_relation(suite, con, quote(model), table_rows=total, scope="the whole table")
