@@ -41,7 +41,7 @@ from tests.conftest import CityRun, citylake, write_city_config
 
 #: copies of up to this many rows per table are spoiled and appended
 BAD_ROWS = 60
-SMALL = {"scale": 0.2, "days": 21, "seed": 7}
+SMALL = {"scale": 0.3, "days": 40, "seed": 5}
 
 
 @pytest.fixture(scope="module")
