@@ -12,11 +12,13 @@ expectation, and the failing copies must fail.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from orchestration.config import load_config
@@ -41,6 +43,9 @@ from tests.conftest import CityRun, citylake, write_city_config
 
 #: copies of up to this many rows per table are spoiled and appended
 BAD_ROWS = 60
+#: rows of the table kept beside them
+KEPT = 240
+_serial = itertools.count()
 SMALL = {"scale": 0.3, "days": 40, "seed": 5}
 
 
@@ -59,8 +64,10 @@ def small_city(tmp_path_factory: pytest.TempPathFactory) -> CityRun:
 
 
 def spoiled(con: duckdb.DuckDBPyConnection, relation: str) -> str:
-    """`relation` plus BAD_ROWS of its rows spoiled column by column: every third value null, every third
-    number negative and huge, every third text unknown; the rest unchanged (so keys repeat)."""
+    """A table registered on `con`: KEPT rows of `relation` plus BAD_ROWS of them spoiled column by column
+    (every third value null, every third number negative and huge, every third text unknown; the rest
+    unchanged, so keys repeat): a fifth of its rows bad, beyond any suite's `mostly`. Held as one Arrow
+    table so that both engines read the same rows."""
     described = con.execute(f"describe select * from {relation}").fetchall()
     cols = []
     for name, typ, *_ in described:
@@ -73,8 +80,14 @@ def spoiled(con: duckdb.DuckDBPyConnection, relation: str) -> str:
             cols.append(f"case i % 3 when 0 then null when 1 then 'bad ' || i else {c} end as {c}")
         else:
             cols.append(f"case i % 3 when 0 then null else {c} end as {c}")
-    bad = f"select {', '.join(cols)} from (select *, row_number() over () as i from {relation} limit {BAD_ROWS})"
-    return f"(select * from {relation} union all {bad})"
+    kept = con.sql(f"select * from {relation} limit {KEPT}").to_arrow_table()
+    con.register("kept", kept)
+    bad = con.sql(f"select {', '.join(cols)} from (select *, row_number() over () as i from kept limit {BAD_ROWS})")
+    table = pa.concat_tables([kept, bad.to_arrow_table().cast(kept.schema)]).combine_chunks()
+    con.unregister("kept")
+    name = f"spoiled_{next(_serial)}"
+    con.register(name, table)
+    return name
 
 
 def pandas_path(con: duckdb.DuckDBPyConnection, suite: dict, relation: str, fresh: str | None) -> SuiteOutcome:
@@ -116,7 +129,7 @@ def both_paths(con, suite: dict, relation: str, fresh: str | None, where: str) -
     bad = spoiled(con, relation)
     bad_a, bad_b = pandas_path(con, suite, bad, fresh), duckdb_path(con, suite, bad, fresh)
     assert_same(bad_a, bad_b, f"{where} (spoiled)")
-    assert bad_b.rows > clean_b.rows
+    assert bad_b.rows == min(clean_b.rows, KEPT) + min(clean_b.rows, BAD_ROWS)
     return clean_b.success, bad_b.success
 
 
