@@ -3,12 +3,16 @@
 - Bronze: every table, against expectations/bronze.<agency>.<source>.json when there is one, else a
   suite built from city.yaml (primary-key columns present and never null). Row-level expectations
   already split the load at ingestion (bad rows went to quarantine, named after the expectation); the
-  check judges this run's load against their `mostly`, so a batch that is mostly bad fails the gate.
+  check judges the last load (the rows it wrote to bronze, and those it quarantined) against their
+  `mostly`, so a batch that is mostly bad fails the gate.
   Freshness (`freshness: {column, max_delay_hours}` on a source) and volume (`volume: {max_drop}`,
   default 0.5: the table may not shrink by more than half since the last validated run) are added from
   city.yaml.
 - Intermediate, conformed and marts: every model with a suite file (e.g. the share of records held
-  back for an unknown district, value ranges, accepted values, referential integrity to districts).
+  back for an unknown district, value ranges, accepted values, referential integrity to districts);
+  a daily model's suite on the days its last build replaced, the others on the whole table.
+- Volume on the whole table's rows, whatever the slice; every suite executed in DuckDB (see
+  orchestration/quality.py and docs/quality.md).
 
 All checks block: a failed gate stops everything downstream of its asset in that run, so publication
 does not happen and the published marts and catalog stay as they were. The metadata lists each failed
@@ -16,7 +20,6 @@ expectation with what was observed and a sample of offending rows, and links the
 """
 
 import csv
-import datetime as dt
 import functools
 import json
 from pathlib import Path
@@ -26,7 +29,7 @@ import pandas as pd
 
 from orchestration.city import city, dbt_project_dir
 from orchestration.city_schema import Volume, default
-from orchestration.config import Source
+from orchestration.config import EARLIEST, Source
 from orchestration.docs_site import docs_url
 from orchestration.lake import bronze_uri, quarantine_uri, read_table
 from orchestration.quality import (
@@ -35,15 +38,12 @@ from orchestration.quality import (
     VolumeState,
     bronze_suite,
     data_docs,
-    delta_batches,
-    duckdb_batches,
     fill,
     guarded_models,
     min_rows,
-    suite_columns,
     suite_path,
-    validate_batches,
-    with_age,
+    validate_load,
+    validate_model,
 )
 
 #: volume.max_drop when a source or suite does not set it
@@ -114,10 +114,12 @@ def check_result(outcome: SuiteOutcome, key: list[str], run_id: str, volume: Vol
     failed = outcome.failed
     docs = data_docs(outcome, _quality_dir() / "data_docs" / ".".join(key) / f"{run_id}.html")
     if outcome.success:
-        volume.record(outcome.rows)
+        volume.record(outcome.rows if outcome.table_rows is None else outcome.table_rows)
     metadata = {
         "suite": outcome.suite,
         "rows_validated": outcome.rows,
+        "rows_in_table": outcome.table_rows if outcome.table_rows is not None else outcome.rows,
+        "rows_scope": outcome.scope or "the whole table",
         "expectations": len(outcome.expectations),
         "expectations_failed": len(failed),
         "failed_expectations": dg.MetadataValue.json(
@@ -168,19 +170,26 @@ def bronze_check(source: Source) -> dg.AssetChecksDefinition:
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         max_drop = float((source.get("volume") or {}).get("max_drop", DEFAULT_MAX_DROP))
         suite, volume = with_volume(fill(bronze_suite(source), substitutions(), ".".join(key)), key, max_drop)
-        # only the columns the suite reads (and the key, to show offending rows): a wide table is not held
-        # whole as pandas objects
-        columns = suite_columns(suite)
-        if columns is not None:
-            columns += [*source.primary_key, *([source.get("freshness")["column"]] if source.get("freshness") else [])]
-        batches = delta_batches(bronze_uri(city(), source.agency, source.name), columns=columns)
-        if source.get("freshness"):
-            batches = with_age(batches, source.get("freshness")["column"], pd.Timestamp(dt.datetime.now(dt.UTC)))
-        outcome = validate_batches(suite, batches)
+        event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
+        fresh = (source.get("freshness") or {}).get("column")
+        # the last load: this run's when the asset was materialized in it (the rows it wrote, not the table)
+        batch = event.run_id if event is not None else None
+        outcome = validate_load(suite, bronze_uri(city(), source.agency, source.name), batch, fresh)
         outcome.expectations.extend(load_gate(context, key, suite))
         return check_result(outcome, key, context.run.run_id, volume)
 
     return _check
+
+
+def built_window(context: dg.AssetCheckExecutionContext, key: list[str]) -> tuple[str, str] | None:
+    """The days the last build of a daily model replaced (`partition_range` of its materialization, see
+    defs/transform), None for a model rebuilt whole or a window of every day."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
+    entry = event.asset_materialization.metadata.get("partition_range") if event is not None else None
+    if entry is None:
+        return None
+    first, last = str(entry.value).split("..")
+    return None if (first <= EARLIEST.isoformat() and last >= "9999-12-31") else (first, last)
 
 
 def warehouse_check(layer: str, model: str) -> dg.AssetChecksDefinition:
@@ -196,7 +205,7 @@ def warehouse_check(layer: str, model: str) -> dg.AssetChecksDefinition:
         raw = json.loads(suite_path(key).read_text(encoding="utf-8"))
         max_drop = float(raw.get("meta", {}).get("max_drop", DEFAULT_MAX_DROP))
         suite, volume = with_volume(fill(raw, substitutions(), ".".join(key)), key, max_drop)
-        outcome = validate_batches(suite, duckdb_batches(city().state_dir / "warehouse.duckdb", model))
+        outcome = validate_model(suite, city().state_dir / "warehouse.duckdb", model, built_window(context, key))
         return check_result(outcome, key, context.run.run_id, volume)
 
     return _check
