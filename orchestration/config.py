@@ -117,6 +117,8 @@ def config_path(explicit: str | os.PathLike | None = None) -> Path:
 
 
 PII_KEY_ENV = "CITYLAKE_PII_KEY"
+#: how old a source's last load may be (hours) when its `freshness:` says nothing: a daily load with slack
+DEFAULT_MAX_DELAY_HOURS = 26
 PII_KEY_MIN_CHARS = 16
 PERSONAL_DATA_ACTIONS = ("drop", "hash")
 
