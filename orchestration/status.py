@@ -9,7 +9,6 @@ indicators).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ def delta_facts(uri: str) -> tuple[int, dt.datetime] | None:
     table = lake.open_table(uri)
     if table is None:
         return None
-    actions = pa.record_batch(table.get_add_actions(flatten=True))
+    actions = pa.table(table.get_add_actions(flatten=True))
     rows = pc.sum(actions.column("num_records")).as_py() if actions.num_rows else 0
     last = table.history(1)
     when = dt.datetime.fromtimestamp(last[0]["timestamp"] / 1000, dt.UTC) if last else None
@@ -55,21 +54,27 @@ class SourceState:
     quarantined: int = 0
     gates: list[Gate] = field(default_factory=list)
 
-    @property
-    def max_delay_hours(self) -> float:
-        return float((self.source.get("freshness") or {}).get("max_delay_hours", DEFAULT_MAX_DELAY_HOURS))
-
-    def freshness(self, now: dt.datetime) -> tuple[bool, str]:
-        """(fresh, how it reads): the last load against the source's freshness.max_delay_hours (default 26 h)
-        and, for a source with a schedule, whether the scheduled loads happen."""
+    def freshness(self, now: dt.datetime, timezone: str) -> tuple[bool, str]:
+        """(fresh, how it reads). With `freshness.max_delay_hours`: the last load is at most that old. Else,
+        with a `schedule:` (cron in the city's time zone): no scheduled load was missed, i.e. the last load
+        is later than the tick before the latest one. Else: at most 26 h old (a daily load with slack)."""
         last = self.loaded_at or self.committed_at
         if last is None:
             return False, "never loaded"
-        age_h = (now - last).total_seconds() / 3600
-        limit = self.max_delay_hours
-        ok = age_h <= limit
-        text = f"{_age(age_h)} ago ({'within' if ok else 'OVER'} {limit:g} h)"
-        return ok, text
+        ago = f"{_age((now - last).total_seconds() / 3600)} ago"
+        limit = (self.source.get("freshness") or {}).get("max_delay_hours")
+        if limit is None and self.source.schedule:
+            from dagster._utils.schedules import reverse_cron_string_iterator
+
+            ticks = reverse_cron_string_iterator(now.timestamp(), self.source.schedule, timezone)
+            next(ticks)  # the latest tick: its load may still be on its way
+            due = next(ticks)
+            if last >= due:
+                return True, f"{ago} (on schedule)"
+            return False, f"{ago} (LATE: the scheduled load of {due:%Y-%m-%d %H:%M %Z} is missing)"
+        limit = float(DEFAULT_MAX_DELAY_HOURS if limit is None else limit)
+        ok = (now - last).total_seconds() / 3600 <= limit
+        return ok, f"{ago} ({'within' if ok else 'OVER'} {limit:g} h)"
 
 
 def _age(hours: float) -> str:
@@ -92,8 +97,8 @@ def _instance(cfg: CityConfig):
     return dg.DagsterInstance.from_config(str(home))
 
 
-def source_states(cfg: CityConfig) -> list[SourceState]:
-    """Every source of the city as the lake and the Dagster instance know it."""
+def source_states(cfg: CityConfig, gates: list[Gate] | None = None) -> list[SourceState]:
+    """Every source of the city as the lake and the Dagster instance know it (`gates`: latest_gates())."""
     states = []
     for s in cfg.sources:
         state = SourceState(s)
@@ -102,6 +107,7 @@ def source_states(cfg: CityConfig) -> list[SourceState]:
             state.rows, state.committed_at = facts
         quarantine = delta_facts(lake.quarantine_uri(cfg, s.agency, s.name))
         state.quarantined = quarantine[0] if quarantine else 0
+        state.gates = [g for g in gates or [] if g.asset == f"bronze/{s.key}"]
         states.append(state)
     instance = _instance(cfg)
     if instance is None:
@@ -109,50 +115,50 @@ def source_states(cfg: CityConfig) -> list[SourceState]:
     import dagster as dg
 
     with instance:
-        checks = _check_keys()
         for state in states:
-            key = dg.AssetKey(["bronze", state.source.agency, state.source.name])
-            event = instance.get_latest_materialization_event(key)
+            event = instance.get_latest_materialization_event(
+                dg.AssetKey(["bronze", state.source.agency, state.source.name])
+            )
             if event is not None:
                 state.loaded_at = dt.datetime.fromtimestamp(event.timestamp, dt.UTC)
                 meta = event.asset_materialization.metadata if event.asset_materialization else {}
                 state.last_load = {k: getattr(v, "value", v) for k, v in meta.items()}
-            state.gates = [_gate(instance, c) for c in checks.get(key, [])]
     return states
 
 
-def _check_keys() -> dict[Any, list[Any]]:
-    """Asset -> its check keys, from the project's definitions."""
-    from orchestration.definitions import defs
-
-    out: dict[Any, list[Any]] = {}
-    for key in defs.resolve_asset_graph().asset_check_keys:
-        out.setdefault(key.asset_key, []).append(key)
-    return {k: sorted(v, key=lambda c: c.name) for k, v in out.items()}
-
-
-def _gate(instance, key) -> Gate:
-    record = instance.get_latest_asset_check_evaluation_record(key)
-    evaluation = getattr(record, "evaluation", None) if record else None
-    passed = getattr(evaluation, "passed", None)
-    when = None
-    if record is not None and getattr(record, "event", None) is not None:
-        when = dt.datetime.fromtimestamp(record.event.timestamp, dt.UTC)
-    return Gate(key.asset_key.to_user_string(), key.name, passed, when, getattr(evaluation, "description", "") or "")
-
-
-def all_gates(cfg: CityConfig, layers: Iterable[str] = ("intermediate", "conformed", "marts")) -> list[Gate]:
-    """The latest outcome of every check on the given layers (empty for a city never run)."""
+def latest_gates(cfg: CityConfig) -> list[Gate]:
+    """The latest outcome of every asset check the city's Dagster instance has evaluated (none for a city
+    never run), from the instance's index of check executions: one query, no project definitions loaded."""
     instance = _instance(cfg)
     if instance is None:
         return []
-    with instance:
-        return [
-            _gate(instance, c)
-            for key, checks in sorted(_check_keys().items(), key=lambda kv: kv[0].to_user_string())
-            if key.path[0] in set(layers)
-            for c in checks
-        ]
+    import dagster as dg
+    import sqlalchemy as db
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable as checks
+    from dagster._serdes import deserialize_value
+
+    done = checks.c.execution_status != "PLANNED"
+    latest = db.select(db.func.max(checks.c.id)).where(done).group_by(checks.c.asset_key, checks.c.check_name)
+    query = db.select(
+        checks.c.asset_key,
+        checks.c.check_name,
+        checks.c.execution_status,
+        checks.c.evaluation_event_timestamp,
+        checks.c.evaluation_event,
+    ).where(checks.c.id.in_(latest))
+    with instance, instance.event_log_storage.index_connection() as conn:
+        rows = conn.execute(query).fetchall()
+    gates = []
+    for key, name, status, when, event in rows:
+        passed = status == "SUCCEEDED"
+        description = ""
+        if not passed and event:
+            entry = deserialize_value(event)
+            evaluation = entry.dagster_event.event_specific_data if entry.dagster_event else None
+            description = getattr(evaluation, "description", "") or ""
+        asset = dg.AssetKey.from_db_string(key).to_user_string()
+        gates.append(Gate(asset, name, passed, when, description))
+    return sorted(gates, key=lambda g: (g.asset, g.name))
 
 
 def _gate_text(gates: list[Gate]) -> str:
@@ -170,7 +176,8 @@ def _gate_text(gates: list[Gate]) -> str:
 def format_status(cfg: CityConfig, now: dt.datetime | None = None) -> tuple[str, bool]:
     """The `citylake status` text and whether all is well (every source loaded, fresh, its gates passed)."""
     now = now or dt.datetime.now(dt.UTC)
-    states = source_states(cfg)
+    gates = latest_gates(cfg)
+    states = source_states(cfg, gates)
     lines = [f"{cfg.name} ({cfg.path})", f"lake {cfg.lake_root}", ""]
     if all(s.rows is None and s.loaded_at is None for s in states):
         lines.append(
@@ -182,7 +189,7 @@ def format_status(cfg: CityConfig, now: dt.datetime | None = None) -> tuple[str,
     lines.append(f"{'source':<{width}}  {'last load (UTC)':<16}  {'rows':>11}  {'quarantined':>11}  freshness / gate")
     well = True
     for s in states:
-        fresh, text = s.freshness(now)
+        fresh, text = s.freshness(now, cfg.timezone)
         last = s.loaded_at or s.committed_at
         gate = _gate_text(s.gates)
         well = well and fresh and "FAILED" not in gate
@@ -192,7 +199,7 @@ def format_status(cfg: CityConfig, now: dt.datetime | None = None) -> tuple[str,
             f"{s.quarantined:>11,}  {text}; gate {gate}"
             + (f"; schedule {s.source.schedule}" if s.source.schedule else "")
         )
-    downstream = all_gates(cfg)
+    downstream = [g for g in gates if not g.asset.startswith("bronze/")]
     failed = [g for g in downstream if g.passed is False]
     unrun = sum(g.passed is None for g in downstream)
     lines.append("")

@@ -4,26 +4,21 @@ compared with the lake and the published catalog read independently."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import subprocess
 from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 from deltalake import DeltaTable
 
 from orchestration.config import load_config
-from tests.conftest import BIN, CityRun, citylake, write_city_config
+from tests.conftest import BIN, REPO, CityRun, citylake, write_city_config
 
-SOURCES = [
-    "energy/meter_readings",
-    "environment/air_vendor_a",
-    "environment/air_vendor_b",
-    "safety/collisions",
-    "sanitation/waste_collections",
-    "service_requests/requests",
-    "transport/ridership",
-]
+_AGENCIES = yaml.safe_load((REPO / "cities" / "riverton" / "city.yaml").read_text())["agencies"]
+SOURCES = [f"{agency}/{source}" for agency, sources in _AGENCIES.items() for source in sources]
 
 
 def catalog_rows(run: CityRun, sql: str, params: list | None = None) -> list[tuple]:
@@ -118,12 +113,31 @@ def test_status_after_a_run_shows_each_source_with_its_rows_freshness_and_gate(c
         line = " ".join(words)
         # date, time, rows, quarantined, then freshness and gate
         assert number(words[2]) == bronze_rows(city_run, source), line
-        assert "(within 26 h)" in line and "gate passed" in line, line
+        # every reference source has a schedule: the run just now is on it
+        assert "(on schedule); gate passed" in line, line
     assert re.search(r"Gates after bronze: (\d+) of \1 passed", proc.stdout), proc.stdout
     assert "Catalog published " in proc.stdout and str(city_run.catalog) in proc.stdout
 
 
+def test_status_says_which_source_missed_its_schedule(city_run: CityRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestration.status import format_status, source_states
+
+    monkeypatch.setenv("DAGSTER_HOME", str(city_run.state / "dagster"))
+    cfg = load_config(str(city_run.config))
+    last = max(s.loaded_at for s in source_states(cfg))
+    text, well = format_status(cfg, now=last + dt.timedelta(hours=3))
+    assert not well
+    hourly = [s for s in cfg.sources if s.schedule and s.schedule.split()[1] == "*"]
+    assert hourly
+    for source in hourly:  # hourly or more often: at least two ticks missed
+        line = next(x for x in text.splitlines() if x.startswith(source.key + " "))
+        assert "(LATE: the scheduled load of " in line, line
+
+
 def test_status_and_quarantine_on_a_city_never_run_say_so(tmp_path: Path) -> None:
+    from orchestration.reference_city import generate
+
+    generate(tmp_path / "riverton", scale=0.1, days=5, start=dt.date(2025, 3, 1), seed=3)
     config = write_city_config(tmp_path, tmp_path / "riverton", tmp_path / "lake")
     proc = citylake("status", config=config, check=False)
     assert proc.returncode == 1
