@@ -50,7 +50,6 @@ class SourceState:
     rows: int | None = None  # None: nothing loaded yet
     committed_at: dt.datetime | None = None
     loaded_at: dt.datetime | None = None  # the last load (even one that found nothing new)
-    last_load: dict[str, Any] = field(default_factory=dict)  # that load's metadata (rows_read, ...)
     quarantined: int = 0
     gates: list[Gate] = field(default_factory=list)
 
@@ -121,8 +120,6 @@ def source_states(cfg: CityConfig, gates: list[Gate] | None = None) -> list[Sour
             )
             if event is not None:
                 state.loaded_at = dt.datetime.fromtimestamp(event.timestamp, dt.UTC)
-                meta = event.asset_materialization.metadata if event.asset_materialization else {}
-                state.last_load = {k: getattr(v, "value", v) for k, v in meta.items()}
     return states
 
 
@@ -279,10 +276,6 @@ def quarantine_rows(cfg: CityConfig, limit: int, source: str | None = None, reas
         ).fetchall()
     finally:
         con.close()
-
-
-def known_sources(cfg: CityConfig) -> list[str]:
-    return [s.key for s in cfg.sources]
 
 
 #: the indicators of the catalog before a run, to tell what the run changed (deleted after the summary)
