@@ -1,14 +1,14 @@
 """`citylake`: what people do from a terminal. Every command takes --config PATH.
 
-demo      generate the reference city, run everything, print the indicators and where to query them
-generate  write the reference city's sources (and its ground truth) beside city.yaml
-run       materialize assets through Dagster (the UI's code path); --select takes Dagster's syntax
-sql       read-only SQL over the published analyst catalog
-check     validate city.yaml and test each source's connectivity
-status    each source's last load, rows, freshness and gates; the latest publication
+demo        generate the reference city, run everything, print the indicators and where to query them
+generate    write the reference city's sources (and its ground truth) beside city.yaml
+run         materialize assets through Dagster (the UI's code path); --select takes Dagster's syntax
+sql         read-only SQL over the published analyst catalog
+check       validate city.yaml and test each source's connectivity
+status      each source's last load, rows, freshness and gates; the latest publication
 quarantine  held-back records counted by source and reason, with samples
-listen    subscribe to the MQTT sources and land their messages for ingestion
-dev       open the Dagster UI on this project
+listen      subscribe to the MQTT sources and land their messages for ingestion
+dev         open the Dagster UI on this project
 """
 
 from __future__ import annotations

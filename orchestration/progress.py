@@ -75,7 +75,7 @@ def progress(log: logging.Logger) -> Callable[[str], None]:
 
 
 def counted_models(context, events: Iterable) -> Iterator:
-    """dbt's events passed on, with a progress line "dbt model n of N" as each model is built."""
+    """dbt's events passed on, with a progress line "materialized <asset> (dbt model n of N)" as each is built."""
     import dagster as dg
 
     total = len(context.selected_asset_keys)
@@ -84,5 +84,6 @@ def counted_models(context, events: Iterable) -> Iterator:
         if isinstance(event, dg.Output):
             done += 1
             key = context.asset_key_for_output(event.output_name).to_user_string()
-            context.log.info(f"dbt model {done} of {total}: {key}", extra={PROGRESS: True, PROGRESS_ASSET: key})
+            line = f"materialized {key} (dbt model {done} of {total})"
+            context.log.info(line, extra={PROGRESS: True, PROGRESS_ASSET: key})
         yield event

@@ -80,7 +80,9 @@ def test_run_ends_with_a_summary_of_rows_gates_indicators_and_where_to_look(city
 
 
 def test_dbt_steps_say_model_n_of_total(city_run: CityRun) -> None:
-    steps = re.findall(r"dbt model (\d+) of (\d+): (\S+)", city_run.output)
+    steps = [
+        (n, t, key) for key, n, t in re.findall(r"materialized (\S+) \(dbt model (\d+) of (\d+)\)", city_run.output)
+    ]
     assert steps, city_run.output[-2000:]
     totals = {int(t) for _, t, _ in steps}
     # every count reaches its total, and each model is named once per step
