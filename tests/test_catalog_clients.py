@@ -52,7 +52,7 @@ def test_the_duckdb_cli_from_the_venv_opens_the_catalog_as_the_readme_prints_it(
     assert {"n": got["n"], "areas": got["areas"], "total": float(got["total"])} == want
     # the table comments (the catalog's docs) come through too
     comment = "select comment from duckdb_tables() where table_name = 'quarantine_summary'"
-    out = client(cli, "-readonly", "-csv", "-noheader", city_run.catalog, comment, cwd=city_run.root)
+    out = client(cli, "-readonly", "-list", "-noheader", city_run.catalog, comment, cwd=city_run.root)
     assert out.startswith("Held-back records counted")
 
 

@@ -91,19 +91,23 @@ def test_dbt_steps_say_model_n_of_total(city_run: CityRun) -> None:
     assert "marts/indicators" in {key for _, _, key in steps}
 
 
-def test_a_long_load_reports_rows_and_rows_per_second(city_run: CityRun, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_load_reports_rows_and_rows_per_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from orchestration import ingest
+    from orchestration.reference_city import generate
 
+    generate(tmp_path / "riverton", scale=0.2, days=20, start=dt.date(2025, 3, 1), seed=7)
+    config = write_city_config(tmp_path, tmp_path / "riverton", tmp_path / "lake", partitioned=False)
     monkeypatch.setattr(ingest, "PROGRESS_EVERY_S", 0.0)  # every piece counts as long
-    monkeypatch.setenv("CITYLAKE_CONFIG", str(city_run.config))
-    cfg = load_config(str(city_run.config))
+    monkeypatch.setenv("CITYLAKE_CONFIG", str(config))
+    cfg = load_config(str(config))
     source = next(s for s in cfg.sources if s.key == "environment/air_vendor_a")
     lines: list[str] = []
     result = ingest.ingest(cfg, source, "progress-test", log=lines.append)
-    progress = [m for m in lines if "rows read so far" in m]
-    assert progress, lines
-    counts = [number(re.search(r"([\d,]+) rows read so far \(([\d,]+) rows/s\)", m).group(1)) for m in progress]
-    assert counts == sorted(counts) and counts[-1] <= result.rows_read
+    found = [re.search(r"^environment/air_vendor_a: ([\d,]+) rows read so far \(([\d,]+) rows/s\)$", m) for m in lines]
+    counts = [number(m.group(1)) for m in found if m]
+    assert counts, lines
+    assert counts == sorted(counts) and 0 < counts[-1] <= result.rows_read
+    assert all(number(m.group(2)) > 0 for m in found if m)
 
 
 def test_status_after_a_run_shows_each_source_with_its_rows_freshness_and_gate(city_run: CityRun) -> None:
