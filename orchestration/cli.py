@@ -1,13 +1,15 @@
 """`citylake`: what people do from a terminal. Every command takes --config PATH.
 
-demo      generate the reference city, run everything, print the indicators and where to query them
-generate  write the reference city's sources (and its ground truth) beside city.yaml
-run       materialize assets through Dagster (the UI's code path); --select takes Dagster's syntax
-sql       read-only SQL over the published analyst catalog
-check     validate city.yaml and test each source's connectivity
-listen    subscribe to the MQTT sources and land their messages for ingestion
-dev       open the Dagster UI on this project (and the docs server its links use)
-docs      build the dbt docs and GX Data Docs and serve them with the report on 127.0.0.1
+demo        generate the reference city, run everything, print the indicators and where to query them
+generate    write the reference city's sources (and its ground truth) beside city.yaml
+run         materialize assets through Dagster (the UI's code path); --select takes Dagster's syntax
+sql         read-only SQL over the published analyst catalog
+check       validate city.yaml and test each source's connectivity
+status      each source's last load, rows, freshness and gates; the latest publication
+quarantine  held-back records counted by source and reason, with samples
+listen      subscribe to the MQTT sources and land their messages for ingestion
+dev         open the Dagster UI on this project (and the docs server its links use)
+docs        build the dbt docs and GX Data Docs and serve them with the report on 127.0.0.1
 publish-open-data  write the indicators and marts as an open-data package (CSV, Parquet, DCAT-AP)
 """
 
@@ -20,12 +22,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import click
 
-from orchestration.config import PII_KEY_ENV, CityConfig, ConfigError, config_path, load_config
+from orchestration.config import PII_KEY_ENV, CityConfig, ConfigError, Source, config_path, load_config
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -78,30 +81,81 @@ def demo_pii_key(cfg: CityConfig, create: bool) -> None:
     os.environ[PII_KEY_ENV] = path.read_text().strip()
 
 
+def served_by_simulator(source: Source, port: int) -> bool:
+    """Whether the source reads a simulator listening on this loopback port (its url names it)."""
+    if source.kind != "http_json":
+        return False
+    url = urlparse(str(source.get("url") or ""))
+    try:
+        return url.hostname in LOOPBACK and url.port == port
+    except ValueError:  # a port that is not a number: the source is not ours to serve
+        return False
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
 @contextlib.contextmanager
-def simulators(cfg: CityConfig) -> Iterator[None]:
-    """Start the agency systems the reference city simulates (Riverton's Open311 API)."""
+def simulators(cfg: CityConfig, needed_by: Iterable[Source] | None = None, reuse: bool = True) -> Iterator[None]:
+    """Serve the agency systems the reference city simulates (Riverton's Open311 API) for the block.
+
+    Only the simulators one of `needed_by` reads (None: every source of the city) start. A port
+    already served by this city's simulator (`make dev`, another citylake command) is reused when
+    `reuse`; anything else on the port is an error that says what answers there.
+    """
     with contextlib.ExitStack() as stack:
         open311 = cfg.simulators.get("open311")
-        if open311:
+        port = int((open311 or {}).get("port", 8311))
+        sources = cfg.sources if needed_by is None else list(needed_by)
+        if open311 and any(served_by_simulator(s, port) for s in sources):
             from orchestration.config import resolve_path
-            from orchestration.reference_city import running_open311
+            from orchestration.reference_city import probe_open311, running_open311
 
-            data = Path(resolve_path(cfg.base_dir, str(open311["data"])))
+            data = Path(resolve_path(cfg.base_dir, str(open311["data"]))).resolve()
             if not data.exists():
                 raise click.ClickException(f"simulators.open311.data: {data} does not exist; run `citylake generate`")
             try:
-                stack.enter_context(running_open311(data, port=int(open311.get("port", 8311))))
+                stack.enter_context(running_open311(data, port=port))
             except OSError as exc:
-                raise click.ClickException(
-                    f"simulators.open311: cannot listen on 127.0.0.1:{open311.get('port', 8311)} ({exc}); "
-                    "another citylake (or `make dev`) may be serving it; stop it or change the port"
-                ) from None
+                where = f"simulators.open311: 127.0.0.1:{port} is taken ({exc.strerror or exc})"
+                running, what = probe_open311(port)
+                if running is None:
+                    raise click.ClickException(
+                        f"{where} by a program that is not citylake's Open311 simulator: {what}; stop it, or "
+                        "move simulators.open311.port and the url of the sources that read it to a free port"
+                    ) from None
+                if Path(running["data"]) != data:
+                    raise click.ClickException(
+                        f"{where} by the Open311 simulator of another city (it serves {running['data']}, this "
+                        f"city's is {data}); stop that citylake, or give this city another simulators.open311.port"
+                    ) from None
+                if not reuse:
+                    raise click.ClickException(
+                        f"{where} by this city's Open311 simulator, started by another citylake command that "
+                        "stops it when it ends; start this one again once it has"
+                    ) from None
+                click.echo(
+                    f"simulators.open311: reusing this city's simulator already running on 127.0.0.1:{port}", err=True
+                )
         yield
 
 
-@click.group(help=__doc__)
+class CityGroup(click.Group):
+    """Commands listed in the order people use them (others after, as defined), one line each."""
+
+    ORDER = ("demo", "generate", "check", "run", "status", "quarantine", "sql", "listen", "dev")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [c for c in self.ORDER if c in self.commands] + [c for c in self.commands if c not in self.ORDER]
+
+
+@click.group(cls=CityGroup, context_settings={"max_content_width": 100})
 def main() -> None:
+    """citylake: a city's agency data in one lakehouse, checked, with its ISO 37120 indicators.
+
+    Every command takes --config PATH (default: $CITYLAKE_CONFIG, else ./city.yaml, else the
+    reference city); `citylake COMMAND --help` tells more.
+    """
     # libraries log at INFO through the root logger; the terminal gets citylake's own progress lines
     logging.basicConfig(level=logging.WARNING)
     for handler in logging.getLogger().handlers:
@@ -110,7 +164,7 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-@main.command()
+@main.command(short_help="write the reference city's agency sources (seeded)")
 @CONFIG_OPTION
 @click.option("--scale", type=float, default=1.0, show_default=True, help="size of the city (10+ for benchmarks)")
 @click.option("--days", type=int, default=90, show_default=True, help="days of history")
@@ -160,6 +214,7 @@ def run_assets(
     from orchestration.partitions import data_days, full_range, range_tags
     from orchestration.progress import progress_logger
     from orchestration.run_recovery import process_tags, recover_abandoned_runs
+    from orchestration.status import indicators_snapshot, run_summary
 
     every_first, every_last = full_range(cfg)
     if (first or last) and cfg.partitions_start is None:
@@ -195,7 +250,10 @@ def run_assets(
         f"dbt's full log: {log_path}"
     )
     # dbt's own lines go to the log file (and to the Dagster UI); the terminal shows one line per asset
-    with simulators(cfg), dg.DagsterInstance.get() as instance, open(log_path, "w") as log:
+    loads = [s for s in cfg.sources if dg.AssetKey(["bronze", s.agency, s.name]) in keys]
+    results: list = []
+    snapshot = indicators_snapshot(cfg, log_dir)
+    with simulators(cfg, loads), dg.DagsterInstance.get() as instance, open(log_path, "w") as log:
         # runs of a killed `citylake run` would otherwise stay STARTED and hold their pool slots
         recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
 
@@ -210,50 +268,62 @@ def run_assets(
                     run_config={"loggers": {"progress": {}}},
                     tags={**process_tags(), **tags},
                 )
+            results.append(result)
             ok, failed = _report(result)
             last_run_id[0] = result.run_id
             done = {e.asset_key for e in result.get_asset_materialization_events()}
             return ok, failed | (selection - done)
 
-        plain = select is None and first is None
-        if not plain or (not daily and not any(k.path[0] == "bronze" for k in keys)):
-            days = {} if not daily else range_tags(first, last)
-            _echo_days(first, last, daily)
+        def everything() -> bool:
+            nonlocal first, last, before
+            plain = select is None and first is None
+            if not plain or (not daily and not any(k.path[0] == "bronze" for k in keys)):
+                days = {} if not daily else range_tags(first, last)
+                _echo_days(first, last, daily)
+                up_to_date.forget(cfg)
+                return execute(keys, days)[0]
+            if not daily:  # an unpartitioned city: its loads, then everything else
+                before = {k for k in keys if k.path[0] == "bronze"}
+            ok, failed = True, set()
+            loads_started = dt.datetime.now(dt.UTC)
+            if before:
+                ok, failed = execute(before, {})
+            now = up_to_date.fingerprint(cfg)
+            record = None if rebuild else up_to_date.last_complete(cfg)
+            same = ok and not rebuild and up_to_date.unchanged_since_last_complete_run(cfg, now)
+            if same:
+                click.echo(
+                    f"Nothing new since the complete run {same['run_id']} ({same['finished']}): no load committed "
+                    "anything and nothing that defines the models changed, so the models, indicators and published "
+                    "catalog are up to date. `citylake run --rebuild` rebuilds them anyway."
+                )
+                return True
             up_to_date.forget(cfg)
-            return execute(keys, days)[0]
-        if not daily:  # an unpartitioned city: its loads, then everything else
-            before = {k for k in keys if k.path[0] == "bronze"}
-        ok, failed = True, set()
-        loads_started = dt.datetime.now(dt.UTC)
-        if before:
-            ok, failed = execute(before, {})
-        now = up_to_date.fingerprint(cfg)
-        record = None if rebuild else up_to_date.last_complete(cfg)
-        same = ok and not rebuild and up_to_date.unchanged_since_last_complete_run(cfg, now)
-        if same:
-            click.echo(
-                f"Nothing new since the complete run {same['run_id']} ({same['finished']}): no load committed "
-                "anything and nothing that defines the models changed, so the models, indicators and published "
-                "catalog are up to date. `citylake run --rebuild` rebuilds them anyway."
-            )
-            return True
-        up_to_date.forget(cfg)
-        # what a failed bronze gate guards; publication is one step, so it goes whole
-        blocked = set()
-        if failed:
-            guarded = dg.AssetSelection.assets(*failed).downstream().required_multi_asset_neighbors()
-            blocked = set(guarded.resolve(graph))
-        rest = keys - before - blocked
-        if not rest:
-            return ok
-        if daily:  # the days the new loads touched, or (no usable record) every day the data covers
-            window = up_to_date.touched_days(cfg, record, now)
-            first, last = window or data_days(cfg) or (every_last, every_last)
-            _echo_days(first, last, daily)
-        rest_ok = execute(rest, range_tags(first, last) if daily else {})[0]
-        if ok and rest_ok:
-            up_to_date.record_complete_run(cfg, now, last_run_id[0], loads_started)
-        return ok and rest_ok
+            # what a failed bronze gate guards; publication is one step, so it goes whole
+            blocked = set()
+            if failed:
+                guarded = dg.AssetSelection.assets(*failed).downstream().required_multi_asset_neighbors()
+                blocked = set(guarded.resolve(graph))
+            rest = keys - before - blocked
+            if not rest:
+                return ok
+            if daily:  # the days the new loads touched, or (no usable record) every day the data covers
+                window = up_to_date.touched_days(cfg, record, now)
+                first, last = window or data_days(cfg) or (every_last, every_last)
+                _echo_days(first, last, daily)
+            rest_ok = execute(rest, range_tags(first, last) if daily else {})[0]
+            if ok and rest_ok:
+                up_to_date.record_complete_run(cfg, now, last_run_id[0], loads_started)
+            return ok and rest_ok
+
+        try:
+            ok = everything()
+        except BaseException:
+            if snapshot is not None:
+                snapshot.unlink(missing_ok=True)
+            raise
+    click.echo(run_summary(cfg, [e for r in results for e in r.all_events], snapshot))
+    return ok
 
 
 def _echo_days(first: dt.date | None, last: dt.date | None, daily: set) -> None:
@@ -287,7 +357,7 @@ def _root_cause(error) -> str:
     return error.message.strip()
 
 
-@main.command()
+@main.command(short_help="materialize assets through Dagster, then print what changed")
 @CONFIG_OPTION
 @click.option(
     "--select",
@@ -324,7 +394,7 @@ def run(
         sys.exit(1)
 
 
-@main.command()
+@main.command(short_help="generate the reference city, run it, print its indicators")
 @CONFIG_OPTION
 @click.option("--scale", type=float, default=1.0, show_default=True)
 @click.option("--days", type=int, default=90, show_default=True)
@@ -343,7 +413,7 @@ def demo(config: str | None, scale: float, days: int) -> None:
     click.echo(summary(cfg))
 
 
-@main.command()
+@main.command(short_help="read-only SQL over the published analyst catalog")
 @CONFIG_OPTION
 @click.argument("query", required=False)
 @click.option("-f", "--file", "file", type=click.File("r"), help="read the query from a file")
@@ -408,7 +478,7 @@ def sql(
         )
 
 
-@main.command()
+@main.command(short_help="validate city.yaml and test every source before a run")
 @CONFIG_OPTION
 def check(config: str | None) -> None:
     """Validate city.yaml and find, source by source, what a run would fail on (secrets never printed).
@@ -447,7 +517,58 @@ def check(config: str | None) -> None:
         click.echo(f"{counts[WARN]} warning(s), no error: a run can start")
 
 
-@main.command()
+@main.command(short_help="each source's last load, rows, freshness and gates")
+@CONFIG_OPTION
+def status(config: str | None) -> None:
+    """Show each source's last load, rows, freshness and gates, and the latest publication.
+
+    Read from the lake's Delta logs, the Dagster instance and the published catalog (no table is
+    scanned). Freshness: the last load against the source's freshness.max_delay_hours (default 26 h).
+    Exit 1 when a source was never loaded, is late or failed its gate, or a later gate failed.
+    """
+    from orchestration.status import format_status
+
+    cfg = _load(config)
+    text, well = format_status(cfg)
+    click.echo(text, nl=False)
+    if not well:
+        sys.exit(1)
+
+
+@main.command(short_help="held-back records counted by source and reason")
+@CONFIG_OPTION
+@click.option("--source", default=None, metavar="AGENCY/SOURCE", help="only this source's records")
+@click.option("--reason", default=None, metavar="TEXT", help="only records whose reason contains TEXT (any case)")
+@click.option("--rows", type=click.IntRange(min=0), default=0, help="also show up to this many held-back records")
+def quarantine(config: str | None, source: str | None, reason: str | None, rows: int) -> None:
+    """Count the records held back from the lake, by source and reason (from the published catalog)."""
+    from orchestration.status import NothingPublished, quarantine_counts, quarantine_rows
+
+    cfg = _load(config)
+    if source and source not in {s.key for s in cfg.sources}:
+        raise click.ClickException(
+            f"--source {source}: not a source of {cfg.path}; sources are {', '.join(s.key for s in cfg.sources)}"
+        )
+    try:
+        counts = quarantine_counts(cfg, source, reason)
+        sample = quarantine_rows(cfg, rows, source, reason) if rows else []
+    except NothingPublished as exc:
+        raise click.ClickException(str(exc)) from None
+    total = sum(c[3] for c in counts)
+    what = " and ".join(filter(None, [source and f"source {source}", reason and f"reason containing {reason!r}"]))
+    click.echo(f"{total:,} records held back{f' ({what})' if what else ''}, published in {cfg.catalog_path}")
+    if counts:
+        width = max(len(c[1]) for c in counts)
+        click.echo(f"  {'records':>9}  {'layer':<9}  {'source':<{width}}  reason")
+        for layer, key, why, n in counts:
+            click.echo(f"  {n:>9,}  {layer:<9}  {key:<{width}}  {why}")
+    for layer, key, record_key, why, record, ingested in sample:
+        click.echo(f"\n{layer} {key} {record_key} ({ingested:%Y-%m-%d %H:%M}): {why}")
+        if record:
+            click.echo(f"  {record if len(record) <= 500 else record[:500] + ' ...'}")
+
+
+@main.command(short_help="land the MQTT sources' messages for ingestion")
 @CONFIG_OPTION
 @click.option(
     "--source", "only", multiple=True, help="agency/source to listen to (repeatable); default: every mqtt source"
@@ -508,7 +629,7 @@ def _serve_docs_beside_ui(cfg: CityConfig) -> None:
     click.echo(f"Report and Data Docs: http://127.0.0.1:{docs_site.docs_port()}/ (dbt docs: citylake docs --no-serve)")
 
 
-@main.command()
+@main.command(short_help="open the Dagster UI on this project")
 @CONFIG_OPTION
 @click.option("--port", type=int, default=3000, show_default=True)
 def dev(config: str | None, port: int) -> None:
@@ -522,7 +643,8 @@ def dev(config: str | None, port: int) -> None:
         recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     _serve_docs_beside_ui(cfg)
-    with simulators(cfg):
+    # the UI's runs load every source: its simulators live as long as it does, so it starts its own
+    with simulators(cfg, reuse=False):
         subprocess.run(
             [
                 str(Path(sys.executable).with_name("dagster")),
@@ -538,7 +660,7 @@ def dev(config: str | None, port: int) -> None:
         )
 
 
-@main.command()
+@main.command(short_help="build the dbt docs and Data Docs and serve them with the report")
 @CONFIG_OPTION
 @click.option("--port", type=int, default=None, help="port on 127.0.0.1 (default: $CITYLAKE_DOCS_PORT, else 3080)")
 @click.option("--no-serve", is_flag=True, help="build the sites and exit")
@@ -564,7 +686,7 @@ def docs(config: str | None, port: int | None, no_serve: bool) -> None:
         httpd.serve_forever()
 
 
-@main.command("publish-open-data")
+@main.command("publish-open-data", short_help="write the marts as an open-data package (CSV, Parquet, DCAT-AP)")
 @CONFIG_OPTION
 @click.option(
     "--out", type=click.Path(file_okay=False), default=None, help="folder to write (default: <lake root>/open_data)"

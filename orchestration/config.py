@@ -28,7 +28,8 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
 - `reference_data`: optional CSVs that replace the built-in dbt seeds for this city:
   `district_crosswalk` (alias, district_code), `service_categories`
   (service_code, service_name, category, target_days), `waste_streams` (source_label, stream).
-- `simulators`: agency systems the reference city simulates, started by `citylake demo/run/dev`
+- `simulators`: agency systems the reference city simulates, started by `citylake demo/run/check/dev`
+  when they load a source that reads one, or reused when already running for this city
   (`open311: {data: path, port: 8311}`). Real cities leave it out.
 - `agencies`: `<agency>: <source>: {...}`: see `Source`.
 - `agencies.<agency>.<source>.personal_data`: `{drop: [columns], hash: [columns]}`, applied as the source
@@ -117,6 +118,8 @@ def config_path(explicit: str | os.PathLike | None = None) -> Path:
 
 
 PII_KEY_ENV = "CITYLAKE_PII_KEY"
+#: how old a source's last load may be (hours) when its `freshness:` says nothing: a daily load with slack
+DEFAULT_MAX_DELAY_HOURS = 26
 PII_KEY_MIN_CHARS = 16
 PERSONAL_DATA_ACTIONS = ("drop", "hash")
 

@@ -37,6 +37,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ from orchestration.quality import bronze_suite, split_rows
 
 #: a file's rejects are written to quarantine in batches of this many (bounded memory for a bad file)
 QUARANTINE_FLUSH = 50_000
+#: a long load says how far it got (rows read, rows/s) this often, in seconds
+PROGRESS_EVERY_S = 5.0
 META_COLUMNS = ("_ingested_at", "_batch", "_source_file", "_source_checksum")
 #: columns that say how a row arrived, not what it says: a row differing only here is unchanged
 UNCOMPARED = (*META_COLUMNS, "_received_at")
@@ -478,6 +481,7 @@ class _Loader:
         self.schema = lake.schema(self.uri)
         self.now = dt.datetime.now(dt.UTC)
         self.result = IngestResult()
+        self.started = self.last_tick = time.perf_counter()
         self.missing: set[str] = set()
         self.bronze_files: set[str] = set()
         self.suite = bronze_suite(source)
@@ -497,6 +501,7 @@ class _Loader:
         """Personal data removed, keys checked, types conformed, metadata added: (rows for bronze, for quarantine)."""
         landing = self.personal.landing(landing)
         self.result.rows_read += landing.rows.num_rows + len(landing.rejected)
+        self.tick()
         location = landing.file or self.source.where
         gated, failed = self.gate(landing.rows, location)
         good, dupes = split_keys(gated, self.source.primary_key, location, drop_identical, seen)
@@ -506,6 +511,14 @@ class _Loader:
         if landing.rows.num_rows:
             self.missing.update(missing)
         return _with_meta(typed, self.batch, self.now, landing), landing.rejected + failed + dupes + uncastable
+
+    def tick(self) -> None:
+        """Every PROGRESS_EVERY_S of a long load, a line with the rows read so far and the rate."""
+        now = time.perf_counter()
+        if now - self.last_tick >= PROGRESS_EVERY_S:
+            self.last_tick = now
+            rows = self.result.rows_read
+            self.log(f"{self.source.key}: {rows:,} rows read so far ({rows / (now - self.started):,.0f} rows/s)")
 
     def gate(self, rows: pa.Table, location: str) -> tuple[pa.Table, list[Rejected]]:
         """The bronze suite's row-level expectations: rows that fail one go to quarantine, named after it."""

@@ -1,13 +1,20 @@
-"""A Dagster logger for terminals: one line per finished step or asset, instead of Dagster's full log."""
+"""A Dagster logger for terminals: one line per finished step or asset, instead of Dagster's full log,
+and the progress lines steps send from inside long work (`progress(context.log)`: rows read and
+rows/s of a bronze load, dbt's model n of N)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 
 import dagster as dg
 
+#: a step's log record with this attribute (log.info(msg, extra={PROGRESS: True})) is shown on the terminal
+PROGRESS = "citylake_progress"
+#: ... and with this one (an asset key) stands for that asset's materialization line
+PROGRESS_ASSET = "citylake_asset"
 _SHOWN = {"ASSET_MATERIALIZATION", "STEP_FAILURE", "ASSET_CHECK_EVALUATION", "STEP_UP_FOR_RETRY"}
 
 
@@ -28,14 +35,20 @@ class ProgressHandler(logging.Handler):
             print(line, file=sys.stderr, flush=True)
 
     def describe(self, record: logging.LogRecord) -> str | None:
-        event = getattr(record, "dagster_meta", {}).get("dagster_event")
+        meta = getattr(record, "dagster_meta", {})
+        event = meta.get("dagster_event")
+        elapsed = f"[{time.perf_counter() - self.start:6.1f}s]"
+        if event is None and getattr(record, PROGRESS, False):
+            asset = getattr(record, PROGRESS_ASSET, None)
+            if asset:
+                self.seen.add((asset, meta.get("run_id", "")))
+            return f"{elapsed} {meta.get('orig_message', record.getMessage())}"
         if event is None or event.event_type_value not in _SHOWN:
             return None
-        elapsed = f"[{time.perf_counter() - self.start:6.1f}s]"
         kind = event.event_type_value
         if kind == "ASSET_MATERIALIZATION":
             key = (event.asset_key.to_user_string(), record.dagster_meta.get("run_id", ""))
-            if event.partition and key in self.seen:
+            if key in self.seen:
                 return None
             self.seen.add(key)
             line = f"{elapsed} materialized {key[0]}" + (" (each day of the run)" if event.partition else "")
@@ -54,3 +67,23 @@ def progress_logger(_init_context) -> logging.Logger:
     log = logging.Logger("citylake", level=logging.DEBUG)
     log.addHandler(ProgressHandler())
     return log
+
+
+def progress(log: logging.Logger) -> Callable[[str], None]:
+    """A function that sends a progress line through a step's `context.log` to the terminal (and the UI's log)."""
+    return lambda message: log.info(message, extra={PROGRESS: True})
+
+
+def counted_models(context, events: Iterable) -> Iterator:
+    """dbt's events passed on, with a progress line "materialized <asset> (dbt model n of N)" as each is built."""
+    import dagster as dg
+
+    total = len(context.selected_asset_keys)
+    done = 0
+    for event in events:
+        if isinstance(event, dg.Output):
+            done += 1
+            key = context.asset_key_for_output(event.output_name).to_user_string()
+            line = f"materialized {key} (dbt model {done} of {total})"
+            context.log.info(line, extra={PROGRESS: True, PROGRESS_ASSET: key})
+        yield event

@@ -26,6 +26,10 @@ from orchestration.config import CityConfig
 
 #: the indicator report's file name, written beside the catalog at every publication
 REPORT_NAME = "indicator_report.html"
+#: the DuckDB storage format the catalog is written in: the oldest that DuckDB 1.2 and later (CLI,
+#: Python, the JDBC driver of DBeaver and BI tools) read. The duckdb library citylake runs (2.x) writes
+#: a newer format by default that no 1.x client opens ("version number 69 ... between 64 and 68").
+CATALOG_STORAGE_VERSION = "v1.2.0"
 
 #: descriptions of the catalog tables that are citylake's own rather than dbt models
 CATALOG_DOCS: dict[str, dict] = {
@@ -199,8 +203,10 @@ def build_catalog(
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     written: dict[Path, Path] = {}
-    con = duckdb.connect(str(tmp))
+    con = duckdb.connect()
     try:
+        con.execute(f"attach {_sql_text(str(tmp))} as catalog (storage_version '{CATALOG_STORAGE_VERSION}')")
+        con.execute("use catalog")
         for name, table in tables.items():
             con.register("incoming", table)
             con.execute(f'create table "{name}" as select * from incoming')

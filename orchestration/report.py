@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import duckdb
 
@@ -36,7 +37,7 @@ def summary(cfg: CityConfig) -> str:
         "Query it:",
         f'  {_command()} sql "select area_id, period_start, value from indicators '
         "where indicator_id = 'iso37120_8_1' and period_grain = 'month' order by 1, 2\"",
-        f"  duckdb -readonly {cfg.catalog_path}   # any DuckDB client, no citylake needed",
+        f"  {_duckdb_cli()} -readonly {cfg.catalog_path}   # any DuckDB client (1.2 or later), no citylake needed",
     ]
     return "\n".join(lines) + "\n"
 
@@ -45,3 +46,12 @@ def _command() -> str:
     """How this shell reaches citylake: the path it was started by (e.g. .venv/bin/citylake), else the name."""
     exe = sys.argv[0]
     return os.path.relpath(exe) if os.path.basename(exe) == "citylake" and os.path.exists(exe) else "citylake"
+
+
+def _duckdb_cli() -> str:
+    """The DuckDB CLI `make install` put beside this Python (the duckdb-cli package), else the name on PATH."""
+    exe = Path(sys.executable).with_name("duckdb")
+    if not exe.exists():
+        return "duckdb"
+    rel = os.path.relpath(exe)
+    return rel if not rel.startswith("..") else str(exe)

@@ -45,10 +45,52 @@ ZONES = [
 ANCHOR = dt.date(2025, 12, 31)  # the latest possible record day: fixed, so a seed is reproducible
 CELL = 0.01  # degrees per grid cell
 WORDS = [
-    "alpha", "river", "date", "time", "order", "select", "group", "value", "status", "zeit", "ort",
-    "nummer", "code", "kind", "type", "when", "where", "lat", "lon", "x", "y", "dead", "hurt", "opened",
-    "closed", "station", "reading", "pm", "fine", "dust", "ward", "zone", "area", "id", "key", "ref",
-    "report", "event", "incident", "sensor", "measure", "count", "total", "number", "label", "created",
+    "alpha",
+    "river",
+    "date",
+    "time",
+    "order",
+    "select",
+    "group",
+    "value",
+    "status",
+    "zeit",
+    "ort",
+    "nummer",
+    "code",
+    "kind",
+    "type",
+    "when",
+    "where",
+    "lat",
+    "lon",
+    "x",
+    "y",
+    "dead",
+    "hurt",
+    "opened",
+    "closed",
+    "station",
+    "reading",
+    "pm",
+    "fine",
+    "dust",
+    "ward",
+    "zone",
+    "area",
+    "id",
+    "key",
+    "ref",
+    "report",
+    "event",
+    "incident",
+    "sensor",
+    "measure",
+    "count",
+    "total",
+    "number",
+    "label",
+    "created",
 ]
 REFERENCE_NAMES = {
     "road_collisions": ("safety", "collisions"),
@@ -145,8 +187,13 @@ def _geojson(districts: list[District], code_property: str) -> dict:
     features = []
     for d in districts:
         geometry = shapely.geometry.mapping(d.geometry)
-        features.append({"type": "Feature", "properties": {code_property: d.code, "name": f"District {d.code}"},
-                         "geometry": json.loads(json.dumps(geometry))})
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {code_property: d.code, "name": f"District {d.code}"},
+                "geometry": json.loads(json.dumps(geometry)),
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -158,8 +205,10 @@ def _point_in(rng: random.Random, d: District) -> tuple[str, str]:
         px = minx + rng.uniform(0.02, 0.98) * (maxx - minx)
         py = miny + rng.uniform(0.02, 0.98) * (maxy - miny)
         p = Point(px, py)
-        if part.contains(p) and part.exterior.distance(p) > 1e-5 and all(
-            Polygon(h).distance(p) > 1e-5 for h in part.interiors
+        if (
+            part.contains(p)
+            and part.exterior.distance(p) > 1e-5
+            and all(Polygon(h).distance(p) > 1e-5 for h in part.interiors)
         ):
             return f"{py:.6f}", f"{px:.6f}"
 
@@ -185,8 +234,9 @@ def _locate(lat: str, lon: str, districts: list[District]) -> str | None:
 def _clean_wall(rng: random.Random, tz: ZoneInfo, day: dt.date, with_seconds: bool) -> dt.datetime:
     """A local wall time on `day` that exists exactly once in `tz` (not in a DST gap or overlap)."""
     while True:
-        wall = dt.datetime.combine(day, dt.time(rng.randint(0, 23), rng.randint(0, 59),
-                                                rng.randint(0, 59) if with_seconds else 0))
+        wall = dt.datetime.combine(
+            day, dt.time(rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59) if with_seconds else 0)
+        )
         a, b = wall.replace(tzinfo=tz, fold=0), wall.replace(tzinfo=tz, fold=1)
         if a.utcoffset() == b.utcoffset():
             return a
@@ -273,7 +323,7 @@ def _collisions(rng, source: Source, n: int, start, end, districts, origin, city
             source.records.append(record)
     mapping = {
         "collision_id": c["id"],
-        "accident_at": f"\"{c['day']}\" || ' ' || \"{c['clock']}\"" if split else c["when"],
+        "accident_at": f'"{c["day"]}" || \' \' || "{c["clock"]}"' if split else c["when"],
         "dead_within_30_days": c["dead"],
         "injured": c["hurt"],
     }
@@ -292,8 +342,11 @@ def _requests(rng, source: Source, n: int, start, end, districts, origin, city_t
     for k in range(n):
         with_seconds = rng.random() < 0.5
         opened = _instant(rng, source, _random_day(rng, start, end), with_seconds)
-        row = {c["id"]: str(10_000 + k), c["opened"]: _write_time(opened, source, with_seconds),
-               c["kind"]: rng.choice(["POTHOLE", "NOISE", "GRAFFITI"])}
+        row = {
+            c["id"]: str(10_000 + k),
+            c["opened"]: _write_time(opened, source, with_seconds),
+            c["kind"]: rng.choice(["POTHOLE", "NOISE", "GRAFFITI"]),
+        }
         days = None
         if rng.random() < 0.75:  # closed: a clean wall time later, at most ~40 days on
             while True:
@@ -302,9 +355,11 @@ def _requests(rng, source: Source, n: int, start, end, districts, origin, city_t
                 if not with_seconds:
                     closed = closed.replace(second=0)
                 wall = closed.astimezone(tz).replace(tzinfo=None)
-                if closed > opened and wall.replace(tzinfo=tz, fold=0).utcoffset() == wall.replace(
-                    tzinfo=tz, fold=1
-                ).utcoffset() and closed.astimezone(UTC).date() <= ANCHOR + dt.timedelta(days=30):
+                if (
+                    closed > opened
+                    and wall.replace(tzinfo=tz, fold=0).utcoffset() == wall.replace(tzinfo=tz, fold=1).utcoffset()
+                    and closed.astimezone(UTC).date() <= ANCHOR + dt.timedelta(days=30)
+                ):
                     break
             row[c["closed"]] = _write_time(closed, source, with_seconds)
             days = (closed - opened).total_seconds() / 86400.0
@@ -313,8 +368,12 @@ def _requests(rng, source: Source, n: int, start, end, districts, origin, city_t
         source.rows.append(row)
         if not record.get("held"):
             source.records.append(record)
-    mapping = {"service_request_id": c["id"], "requested_at": c["opened"], "closed_at": c["closed"],
-               "service_code": c["kind"]}
+    mapping = {
+        "service_request_id": c["id"],
+        "requested_at": c["opened"],
+        "closed_at": c["closed"],
+        "service_code": c["kind"],
+    }
     return mapping, [c["id"]]
 
 
@@ -406,13 +465,33 @@ def expected_indicators(sources: list[Source], census: pd.DataFrame) -> pd.DataF
             if entity == "road_collisions":
                 population = _population(census, area, start)
                 deaths = float(g["dead"].sum())
-                rows.append((INDICATOR[entity], area, grain, start, deaths / (population / 100000.0), deaths,
-                             population / 100000.0, coverage))
+                rows.append(
+                    (
+                        INDICATOR[entity],
+                        area,
+                        grain,
+                        start,
+                        deaths / (population / 100000.0),
+                        deaths,
+                        population / 100000.0,
+                        coverage,
+                    )
+                )
             elif entity == "service_requests":
                 closed = g["days"].dropna()
                 if len(closed):
-                    rows.append((INDICATOR[entity], area, grain, start, float(closed.median()), None,
-                                 float(len(closed)), coverage))
+                    rows.append(
+                        (
+                            INDICATOR[entity],
+                            area,
+                            grain,
+                            start,
+                            float(closed.median()),
+                            None,
+                            float(len(closed)),
+                            coverage,
+                        )
+                    )
             else:
                 span = (records["date"].min(), records["date"].max())
                 daily = g.groupby(["station", "date"])["pm25"].mean().reset_index()
@@ -420,10 +499,22 @@ def expected_indicators(sources: list[Source], census: pd.DataFrame) -> pd.DataF
                 numerator = float(station_means["mean"].sum())
                 stations = len(station_means)
                 coverage = station_means["count"].sum() / (stations * _slot_days(grain, start, span))
-                rows.append((INDICATOR[entity], area, grain, start, numerator / stations, numerator,
-                             float(stations), coverage))
-    return pd.DataFrame(rows, columns=["indicator_id", "area_id", "period_grain", "period_start", "value",
-                                       "numerator", "denominator", "coverage"])
+                rows.append(
+                    (INDICATOR[entity], area, grain, start, numerator / stations, numerator, float(stations), coverage)
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "indicator_id",
+            "area_id",
+            "period_grain",
+            "period_start",
+            "value",
+            "numerator",
+            "denominator",
+            "coverage",
+        ],
+    )
 
 
 def _write_csvs(rng: random.Random, folder: Path, source: Source) -> None:
@@ -485,8 +576,12 @@ def make_city(seed: int, root: Path) -> tuple[Path, pd.DataFrame]:
         folder = root / "drop" / f"{agency}-{name}"
         _write_csvs(rng, folder, source)
         spec: dict = {
-            "kind": "files", "path": f"./drop/{agency}-{name}/*.csv", "format": "csv", "primary_key": key,
-            "feeds": entity, "columns": mapping,
+            "kind": "files",
+            "path": f"./drop/{agency}-{name}/*.csv",
+            "format": "csv",
+            "primary_key": key,
+            "feeds": entity,
+            "columns": mapping,
         }
         if source.timezone != city_tz or rng.random() < 0.5:
             spec["timezone"] = source.timezone
@@ -502,8 +597,11 @@ def make_city(seed: int, root: Path) -> tuple[Path, pd.DataFrame]:
         "city": {"name": f"Random {seed}", "timezone": city_tz},
         "lake": {"root": "./lake"},
         "state_dir": "./state",
-        "districts": {"boundaries": "./districts.geojson", "code_property": code_property,
-                      "population": "./population.csv"},
+        "districts": {
+            "boundaries": "./districts.geojson",
+            "code_property": code_property,
+            "population": "./population.csv",
+        },
         "agencies": agencies,
     }
     config = root / "city.yaml"

@@ -74,15 +74,21 @@ def test_a_hand_written_staging_model_in_the_city_folder_takes_over(tmp_path):
     from orchestration.dbt_build import _render
 
     spec = {
-        "kind": "files", "path": "./drop/*.csv", "format": "csv", "primary_key": ["id"], "feeds": "road_collisions",
+        "kind": "files",
+        "path": "./drop/*.csv",
+        "format": "csv",
+        "primary_key": ["id"],
+        "feeds": "road_collisions",
         "columns": {"collision_id": "id", "accident_at": "at"},
     }
     cfg, _ = one_source(tmp_path, "police", "crashes", spec)
     (tmp_path / "staging").mkdir()
     (tmp_path / "staging" / "stg_police__crashes.sql").write_text("-- the city's own\nselect 1 as x\n")
     _render(cfg, tmp_path / "out", tmp_path / "out")
-    assert (tmp_path / "out" / "models" / "staging" / "police" / "stg_police__crashes.sql").read_text().startswith(
-        "-- the city's own"
+    assert (
+        (tmp_path / "out" / "models" / "staging" / "police" / "stg_police__crashes.sql")
+        .read_text()
+        .startswith("-- the city's own")
     )
     assert not (tmp_path / "out" / "models" / "staging" / "_generated" / "stg_police__crashes.sql").exists()
 
@@ -106,7 +112,11 @@ def test_the_dbt_project_parses_on_its_own(tmp_path):
     env = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "PATH": str(dbt.parent), "HOME": str(tmp_path)}
     proc = subprocess.run(
         [str(dbt), "parse", "--project-dir", str(project), "--profiles-dir", str(project)],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (project / "target" / "manifest.json").exists()

@@ -52,8 +52,8 @@ def _published(catalog: Path) -> pd.DataFrame:
     ids = sorted(set(INDICATOR.values()))
     with duckdb.connect(str(catalog), read_only=True) as con:
         frame = con.execute(
-            f"""select {', '.join(KEY + MEASURES)} from indicators
-                where indicator_id in ({', '.join('?' for _ in ids)})""",
+            f"""select {", ".join(KEY + MEASURES)} from indicators
+                where indicator_id in ({", ".join("?" for _ in ids)})""",
             ids,
         ).df()
     frame["period_start"] = pd.to_datetime(frame["period_start"]).dt.date

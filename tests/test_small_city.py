@@ -74,21 +74,35 @@ def write_city(root: Path) -> Path:
         "city": {"name": "Halfhour", "timezone": TZ},
         "lake": {"root": "./lake"},
         "state_dir": "./state",
-        "districts": {"boundaries": "./wards.geojson", "code_property": "ward", "name_property": "label",
-                      "population": "./people.csv"},
+        "districts": {
+            "boundaries": "./wards.geojson",
+            "code_property": "ward",
+            "name_property": "label",
+            "population": "./people.csv",
+        },
         "agencies": {
             "roads_police": {
                 "crashes": {
-                    "kind": "files", "path": "./drop/crashes*.csv", "format": "csv",
-                    "primary_key": ["zone", "seq"], "feeds": "road_collisions",
-                    "columns": {"collision_id": "zone || '/' || seq", "accident_at": "at",
-                                "dead_within_30_days": "dead", "injured": "hurt"},
+                    "kind": "files",
+                    "path": "./drop/crashes*.csv",
+                    "format": "csv",
+                    "primary_key": ["zone", "seq"],
+                    "feeds": "road_collisions",
+                    "columns": {
+                        "collision_id": "zone || '/' || seq",
+                        "accident_at": "at",
+                        "dead_within_30_days": "dead",
+                        "injured": "hurt",
+                    },
                     "district": {"from": "code", "column": "ward"},
                 }
             },
             "air_lab": {
                 "sensors": {
-                    "kind": "files", "path": "./drop/air.jsonl", "format": "jsonl", "primary_key": ["site", "at"],
+                    "kind": "files",
+                    "path": "./drop/air.jsonl",
+                    "format": "jsonl",
+                    "primary_key": ["site", "at"],
                     "feeds": "air_quality_observations",
                     "columns": {"station_id": "site", "observed_at": "at", "pm25": "pm25"},
                     "district": {"from": "code", "column": "ward"},
@@ -96,10 +110,17 @@ def write_city(root: Path) -> Path:
             },
             "contact": {
                 "calls": {
-                    "kind": "files", "path": "./drop/calls.csv", "format": "csv", "primary_key": ["ticket"],
+                    "kind": "files",
+                    "path": "./drop/calls.csv",
+                    "format": "csv",
+                    "primary_key": ["ticket"],
                     "feeds": "service_requests",
-                    "columns": {"service_request_id": "ticket", "requested_at": "opened", "closed_at": "closed",
-                                "service_code": "kind"},
+                    "columns": {
+                        "service_request_id": "ticket",
+                        "requested_at": "opened",
+                        "closed_at": "closed",
+                        "service_code": "kind",
+                    },
                     "district": {"from": "code", "column": "ward"},
                 }
             },
@@ -138,9 +159,7 @@ def test_a_city_without_reference_data_publishes_and_says_what_is_absent(city):
     assert not [k for k in got if k[0] == "svc_311_closed_within_target"]
     with duckdb.connect(str(city.parent / "lake" / "catalog.duckdb"), read_only=True) as con:
         notes = dict(con.execute("select indicator_id, note from indicator_catalog").fetchall())
-        held = con.execute(
-            "select record_key, reason from quarantine where source_name = 'crashes'"
-        ).fetchall()
+        held = con.execute("select record_key, reason from quarantine where source_name = 'crashes'").fetchall()
     assert notes["svc_311_closed_within_target"].startswith("no value: no closed request has a category with a target")
     assert notes["iso37120_7_1"] == (
         "no value: no published records of energy_consumption (no source in city.yaml feeds it, "

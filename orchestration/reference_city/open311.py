@@ -1,7 +1,9 @@
 """A tiny Open311 GeoReport v2-style server for the reference city's service requests (loopback, stdlib).
 
 GET /open311/v2/requests.json?page=&page_size=&updated_after=  -> a page of requests ordered by
-(updated_datetime, service_request_id); GET /open311/v2/services.json -> the service list.
+(updated_datetime, service_request_id); GET /open311/v2/services.json -> the service list;
+GET /citylake/simulator -> which simulator this is and the file it serves (HEALTH_PATH), so that a
+citylake command finding the port taken can tell its own city's running simulator from anything else.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+#: answers {"simulator": "open311", "data": <absolute path of the requests file>}
+HEALTH_PATH = "/citylake/simulator"
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 5000
 
@@ -92,6 +96,8 @@ def _handler(store: _Store) -> type[BaseHTTPRequestHandler]:
                     self._send(200, _page(store, query))
                 elif url.path == "/open311/v2/services.json":
                     self._send(200, store.services())
+                elif url.path == HEALTH_PATH:
+                    self._send(200, {"simulator": "open311", "data": str(store.path.resolve())})
                 else:
                     self._send(404, {"code": 404, "description": f"no such resource: {url.path}"})
             except _BadRequest as exc:
@@ -102,8 +108,13 @@ def _handler(store: _Store) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # the client went away before the whole page was sent (`citylake check` reads only the
+                # status line): a normal event, not an error to print a traceback for
+                self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:
             """Stay quiet: no per-request lines on stderr."""
@@ -142,6 +153,24 @@ def running_open311(requests_path: Path, host: str = "127.0.0.1", port: int = 83
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+def probe_open311(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> tuple[dict | None, str]:
+    """Who answers on host:port: (the HEALTH_PATH answer of a citylake Open311 simulator, "") or (None,
+    what answered instead)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{HEALTH_PATH}", timeout=timeout) as response:
+            body = json.loads(response.read(65536))
+    except urllib.error.HTTPError as exc:
+        return None, f"it answers {HEALTH_PATH} with HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return None, f"it does not answer {HEALTH_PATH} as one ({exc})"
+    if isinstance(body, dict) and body.get("simulator") == "open311" and isinstance(body.get("data"), str):
+        return body, ""
+    return None, f"it answers {HEALTH_PATH} with something else"
 
 
 def serve_open311(requests_path: Path, host: str = "127.0.0.1", port: int = 8311) -> None:

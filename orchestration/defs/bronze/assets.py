@@ -13,6 +13,7 @@ from orchestration.config import Source
 from orchestration.entities import domain_of
 from orchestration.ingest import ingest
 from orchestration.lake import bronze_uri, open_table
+from orchestration.progress import progress
 
 
 def table_metadata(uri: str, rows: int = 5) -> dict[str, dg.MetadataValue]:
@@ -57,7 +58,7 @@ def bronze_asset(source: Source) -> dg.AssetsDefinition:
         ),
     )
     def _bronze(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        result = ingest(city(), source, context.run_id, log=context.log.info)
+        result = ingest(city(), source, context.run_id, log=progress(context.log))
         return dg.MaterializeResult(
             metadata={
                 **table_metadata(bronze_uri(city(), source.agency, source.name)),

@@ -10,8 +10,7 @@ import datetime as dt
 import dagster as dg
 
 from orchestration.city import city
-
-DEFAULT_MAX_DELAY_HOURS = 26
+from orchestration.config import DEFAULT_MAX_DELAY_HOURS
 
 defs = dg.Definitions(
     asset_checks=[

@@ -25,6 +25,7 @@ from orchestration.city import city, dbt_project_dir, domain_owners
 from orchestration.dbt_build import dbt_env
 from orchestration.entities import domain_of
 from orchestration.partitions import EARLIEST, daily_partitions, window_vars
+from orchestration.progress import counted_models
 
 
 class CityTranslator(DagsterDbtTranslator):
@@ -77,7 +78,7 @@ common = {"manifest": project.manifest_path, "project": project, "dagster_dbt_tr
 def dbt_reference(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """Build the seeds and dimensions the daily models read, with their tests. Rebuilt whole
     (`--full-refresh`): a seed table left by an earlier build (another CSV, other types) never lingers."""
-    yield from dbt.cli(["build", "--full-refresh"], context=context).stream()
+    yield from counted_models(context, dbt.cli(["build", "--full-refresh"], context=context).stream())
 
 
 PARTITIONS = daily_partitions(city())
@@ -96,7 +97,7 @@ def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     for a city without partitions."""
     days = window_vars(context) if PARTITIONS else {"min_date": EARLIEST.isoformat(), "max_date": "9999-12-31"}
     window = f"{days['min_date']}..{days['max_date']}"
-    for event in dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream():
+    for event in counted_models(context, dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream()):
         yield (
             event.with_metadata({**event.metadata, "partition_range": window})
             if isinstance(event, dg.Output)
@@ -107,7 +108,7 @@ def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
 @dbt_assets(name="dbt_from_facts", exclude=f"+{DAILY}", pool="warehouse", **common)
 def dbt_from_facts(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """Build everything computed from the facts: marts, indicators, quarantine, date and agency dimensions."""
-    yield from dbt.cli(["build"], context=context).stream()
+    yield from counted_models(context, dbt.cli(["build"], context=context).stream())
 
 
 # the dbt of this environment, whether or not the venv is on PATH
