@@ -285,9 +285,9 @@ def run_assets(
             if not daily:  # an unpartitioned city: its loads, then everything else
                 before = {k for k in keys if k.path[0] == "bronze"}
             ok, failed = True, set()
-            loads_started = dt.datetime.now(dt.UTC)
             if before:
                 ok, failed = execute(before, {})
+            loads_finished = dt.datetime.now(dt.UTC)
             now = up_to_date.fingerprint(cfg)
             record = None if rebuild else up_to_date.last_complete(cfg)
             same = ok and not rebuild and up_to_date.unchanged_since_last_complete_run(cfg, now)
@@ -313,7 +313,7 @@ def run_assets(
                 _echo_days(first, last, daily)
             rest_ok = execute(rest, range_tags(first, last) if daily else {})[0]
             if ok and rest_ok:
-                up_to_date.record_complete_run(cfg, now, last_run_id[0], loads_started)
+                up_to_date.record_complete_run(cfg, now, last_run_id[0], loads_finished)
             return ok and rest_ok
 
         try:
@@ -357,7 +357,7 @@ def _root_cause(error) -> str:
     return error.message.strip()
 
 
-@main.command(short_help="materialize assets through Dagster, then print what changed")
+@main.command(short_help="materialize assets through Dagster; say what changed")
 @CONFIG_OPTION
 @click.option(
     "--select",
@@ -660,7 +660,7 @@ def dev(config: str | None, port: int) -> None:
         )
 
 
-@main.command(short_help="build the dbt docs and Data Docs and serve them with the report")
+@main.command(short_help="serve the dbt docs, Data Docs and the report")
 @CONFIG_OPTION
 @click.option("--port", type=int, default=None, help="port on 127.0.0.1 (default: $CITYLAKE_DOCS_PORT, else 3080)")
 @click.option("--no-serve", is_flag=True, help="build the sites and exit")
@@ -686,7 +686,7 @@ def docs(config: str | None, port: int | None, no_serve: bool) -> None:
         httpd.serve_forever()
 
 
-@main.command("publish-open-data", short_help="write the marts as an open-data package (CSV, Parquet, DCAT-AP)")
+@main.command("publish-open-data", short_help="write the marts as open data (CSV, Parquet, DCAT-AP)")
 @CONFIG_OPTION
 @click.option(
     "--out", type=click.Path(file_okay=False), default=None, help="folder to write (default: <lake root>/open_data)"

@@ -726,13 +726,33 @@ def _delta_rows(table: Any) -> int | None:
     return int(pc.sum(actions.column("num_records")).as_py() or 0)
 
 
+#: how long a model's gate waits for a dbt step of another branch to release the warehouse (DuckDB: one
+#: writer process, and no reader while it writes); the UI's multiprocess runs check one model while dbt
+#: builds another
+WAREHOUSE_WAIT_S = 900.0
+
+
+def _read_only_when_free(database: Path, wait_s: float | None = None):
+    """A read-only connection to the warehouse, waiting while another process holds its write lock."""
+    import time
+
+    import duckdb
+
+    deadline = time.monotonic() + (WAREHOUSE_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            return duckdb.connect(str(database), read_only=True)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def validate_model(suite: dict, database: Path, model: str, window: tuple[str, str] | None) -> SuiteOutcome:
     """A dbt model's suite in DuckDB (read-only on the warehouse): on the rows of the days `window`
     (min_date, max_date: the days the run rebuilt) when given and the model is daily-partitioned, else on
     the whole table; the volume rule on the table's total rows."""
-    import duckdb
-
-    with duckdb.connect(str(database), read_only=True) as con:
+    with _read_only_when_free(database) as con:
         total = con.execute(f"select count(*) from {quote(model)}").fetchall()[0][0]
         names = [r[0] for r in con.execute(f"describe {quote(model)}").fetchall()]
         if window is None or "partition_date" not in names:

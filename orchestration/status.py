@@ -284,7 +284,7 @@ _INDICATOR_KEY = ("indicator_id", "area_id", "period_grain", "period_start")
 
 def indicators_snapshot(cfg: CityConfig, folder: Path) -> Path | None:
     """The published indicators' keys and values before a run, as a Parquet file in `folder` (None: no catalog)."""
-    if not cfg.catalog_path.exists():
+    if not cfg.catalog_path.is_file():
         return None
     import os
 

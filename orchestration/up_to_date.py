@@ -107,9 +107,9 @@ def unchanged_since_last_complete_run(cfg: CityConfig, now: dict[str, Any]) -> d
     return None
 
 
-def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str, loads_started: dt.datetime) -> None:
-    """Called after a run in which every step and check succeeded (`loads_started`: when its loads
-    began); written atomically."""
+def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str, loads_finished: dt.datetime) -> None:
+    """Called after a run in which every step and check succeeded (`loads_finished`: when its loads
+    had all committed); written atomically."""
     path = cfg.state_dir / RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -117,7 +117,7 @@ def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str, loads
         json.dumps(
             {
                 "run_id": run_id,
-                "loads_started": loads_started.isoformat(),
+                "loads_finished": loads_finished.isoformat(),
                 "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "fingerprint": now,
             },
@@ -129,22 +129,22 @@ def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str, loads
 
 def touched_days(cfg: CityConfig, record: dict[str, Any] | None, now: dict[str, Any]) -> tuple[dt.date, dt.date] | None:
     """For a partitioned city whose last complete run used the same definition: the days to rebuild,
-    those the rows ingested since that run's loads began fall on (this run's loads, and any a schedule
-    ran in between), and the days that became the past since that run (a record dated in the future is
+    those the rows ingested since that run's loads finished fall on (this run's loads, and any a
+    schedule ran in between), and the days that became the past since that run (a record dated in the future is
     built once its day comes). None when everything must be rebuilt (no record, a changed definition,
     an output gone)."""
     from orchestration.partitions import data_days, full_range
 
     if (
         not record
-        or "loads_started" not in record
+        or "loads_finished" not in record
         or record["fingerprint"].get("definition") != now["definition"]
         or not _outputs_present(cfg)
     ):
         return None
     every_first, every_last = full_range(cfg)
     then = max(every_first, min(every_last, dt.date.fromisoformat(record["fingerprint"]["today"])))
-    loaded = data_days(cfg, since=dt.datetime.fromisoformat(record["loads_started"]))
+    loaded = data_days(cfg, since=dt.datetime.fromisoformat(record["loads_finished"]))
     first, last = then, every_last
     if loaded:
         first, last = min(first, loaded[0]), max(last, loaded[1])

@@ -33,14 +33,19 @@ os.environ.setdefault("CITYLAKE_PII_KEY", "citylake-tests-pii-key-not-a-secret")
 #: rough minutes of the slowest groups on the 2-core CI machine: with `make test` (pytest-xdist, one worker
 #: per core) they start first, so no worker is left with a long group at the end
 SLOW_GROUPS = {
-    "city_run": 9,
-    "test_dedupe.py": 5,
-    "test_quality_gates.py": 5,
+    "city_run": 10,
+    "test_up_to_date.py": 7,
     "test_random_cities.py": 5,
+    "test_dedupe.py": 5,
+    "test_quality_gates.py": 4,
     "test_ui.py": 4,
-    "test_nyc_city.py": 3,
-    "test_connectors_cli.py": 3,
-    "test_small_city.py": 3,
+    "test_hostile_input.py": 3,
+    "test_operations.py": 3,
+    "test_nyc_city.py": 2,
+    "test_small_city.py": 2,
+    "test_connectors_cli.py": 2,
+    "test_secrets.py": 2,
+    "test_gates_duckdb.py": 2,
 }
 
 

@@ -33,6 +33,8 @@ import shapely
 import yaml
 from shapely.geometry import MultiPolygon, Point, Polygon
 
+from orchestration.reference_city.ground_truth import COLUMNS
+
 UTC = dt.UTC
 ZONES = [
     "America/Chicago",
@@ -502,19 +504,7 @@ def expected_indicators(sources: list[Source], census: pd.DataFrame) -> pd.DataF
                 rows.append(
                     (INDICATOR[entity], area, grain, start, numerator / stations, numerator, float(stations), coverage)
                 )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "indicator_id",
-            "area_id",
-            "period_grain",
-            "period_start",
-            "value",
-            "numerator",
-            "denominator",
-            "coverage",
-        ],
-    )
+    return pd.DataFrame(rows, columns=COLUMNS)  # the indicators mart's columns (only the names are shared)
 
 
 def _write_csvs(rng: random.Random, folder: Path, source: Source) -> None:

@@ -16,20 +16,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestration.city_schema import CityFile
 from orchestration.config import CityConfig, ConfigError, load_config, valid_name
 
-TOP_KEYS = (
-    "city",
-    "lake",
-    "catalog",
-    "state_dir",
-    "districts",
-    "reference_data",
-    "simulators",
-    "agencies",
-    "sinks",
-    "alerts",
-)
+#: every top-level key city.yaml has (read from the typed model, so a new key is fuzzed too)
+TOP_KEYS = tuple(CityFile.model_fields)
 FUZZ = settings(
     max_examples=400,
     deadline=2000,

@@ -103,12 +103,15 @@ def test_arrival_sensor_requests_a_run_only_for_new_files(tmp_path, monkeypatch)
         ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
         return sensor(ctx)
 
-    assert isinstance(tick(None), dg.SkipReason)
+    def skipped(result) -> bool:  # a skip that also moves the cursor is a SensorResult with a skip reason
+        return isinstance(result, dg.SkipReason) or (not result.run_requests and result.skip_reason is not None)
+
+    assert skipped(tick(None))
     (drop / "a.csv").write_text("id\n1\n")
     result = tick(None)
     (request,) = result.run_requests
     assert request.asset_selection == [dg.AssetKey(["bronze", "energy", "meters"])]
-    assert isinstance(tick(result.cursor), dg.SkipReason)
+    assert skipped(tick(result.cursor))
     (drop / "b.csv").write_text("id\n2\n")
     second = tick(result.cursor)
     assert len(second.run_requests) == 1 and second.run_requests[0].run_key != request.run_key

@@ -15,6 +15,7 @@ import datetime as dt
 import itertools
 import json
 import math
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -189,3 +190,36 @@ def district_codes(run: CityRun) -> dict[str, list[str]]:
     with duckdb.connect(str(run.warehouse), read_only=True) as con:
         codes = sorted(r[0] for r in con.execute("select code from city_districts").fetchall())
     return {"district_codes": codes, "area_ids": [*codes, "CITY"], "district_codes_unassigned": [*codes, "UNASSIGNED"]}
+
+
+def test_a_model_gate_waits_for_another_process_writing_the_warehouse(tmp_path: Path) -> None:
+    """In the UI's multiprocess runs a gate may start while dbt (another process) writes the warehouse:
+    DuckDB refuses the read-only connection while the write lock is held; the gate waits for it."""
+    import subprocess
+    import sys
+    import time
+
+    from orchestration.quality import _read_only_when_free
+
+    db = tmp_path / "warehouse.duckdb"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+            "c.execute('create table t as select 42 as v'); print('ready', flush=True); time.sleep(3)",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    with pytest.raises(duckdb.IOException, match="(?i)lock"):
+        _read_only_when_free(db, wait_s=0)
+    con = _read_only_when_free(db, wait_s=60)
+    try:
+        assert con.execute("select v from t").fetchall() == [(42,)]
+    finally:
+        con.close()
+    assert time.monotonic() - started > 1 and writer.wait(10) == 0

@@ -199,5 +199,7 @@ def test_failed_gate_metadata_names_the_expectation(gated: CityRun, monkeypatch)
     assert details[0]["expectation"] == "expect_column_values_to_not_be_null"
     assert details[0]["kwargs"]["column"] == "meter_id" and details[0]["unexpected_count"] == 40
     assert details[0]["sample"][0]["meter_id"] is None and details[0]["sample"][0]["month"] == "2025-03"
-    docs = failed[0].metadata["data_docs"].value
-    assert docs.startswith("file://") and "Great Expectations" in Path(docs.removeprefix("file://")).read_text()
+    # the UI links the page on the docs server (citylake docs / dev); the file is beside it in the metadata
+    docs, page = failed[0].metadata["data_docs"].value, Path(failed[0].metadata["data_docs_path"].value)
+    assert docs.startswith("http://127.0.0.1:") and docs.endswith(f"/data-docs/{page.parent.name}/{page.name}")
+    assert "Great Expectations" in page.read_text()

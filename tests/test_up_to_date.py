@@ -113,7 +113,8 @@ def test_a_partitioned_city_rebuilds_only_the_days_its_new_loads_touched(tmp_pat
     start = today - dt.timedelta(days=20)
     config.write_text(config.read_text() + f"partitions:\n  start: {start}\n")
     first = citylake("run", config=config)
-    assert f"Daily partitions {start}..{today}" in first.stdout, first.stdout
+    # the quick start's crashes are of 2025: all in the first partition (the history)
+    assert f"Daily partitions {start}: " in first.stdout, first.stdout
     before = deaths(city / "lake" / "catalog.duckdb")
 
     day = today - dt.timedelta(days=5)
