@@ -651,6 +651,11 @@ def loaded_files(cfg: CityConfig, source: Source) -> tuple[set[tuple[str, str]],
     )
 
 
+def checksum_memo_path(cfg: CityConfig, source: Source) -> Path:
+    """Where a files source's checksums are remembered (see connectors.files.ChecksumMemo)."""
+    return cfg.state_dir / "checksums" / f"{source.agency}.{source.name}.json"
+
+
 def ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], None] = lambda _m: None) -> IngestResult:
     """Load what is new in `source` into bronze; return what was done.
 
@@ -678,12 +683,16 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
         # only the cursor column is read: the cursor is bronze's own maximum
         result.cursor_before = stored_cursor(source, lake.read_table(uri, columns=[col]))
     loaded: set[tuple[str, str]] = set()
+    memo = None
     if source.kind == "files":
+        from orchestration.connectors.files import ChecksumMemo
+
         in_bronze, loaded = loaded_files(cfg, source)
         loader.bronze_files = {f for f, _ in in_bronze}
+        memo = ChecksumMemo(checksum_memo_path(cfg, source))
     pending: list[Landing] = []
     budget = source.get("batch_rows")  # mqtt: rows per commit (the model's default when unset)
-    for landing in read_source(source, result.cursor_before, loaded):
+    for landing in read_source(source, result.cursor_before, loaded, memo):
         if source.kind == "files":
             loader.load_file(landing)
         elif source.kind == "mqtt":

@@ -116,3 +116,40 @@ def test_arrival_sensor_requests_a_run_only_for_new_files(tmp_path, monkeypatch)
     second = tick(result.cursor)
     assert len(second.run_requests) == 1 and second.run_requests[0].run_key != request.run_key
     city.cache_clear()
+
+
+def test_unchanged_files_are_not_read_again_and_a_same_size_same_mtime_rewrite_is(tmp_path, monkeypatch):
+    """A run with nothing new does not read every file of the folder to learn its checksum (the memo under
+    the state dir); a file rewritten with the same size and its old mtime put back is still read (its ctime
+    moved), and its new rows land."""
+    import os
+
+    from orchestration.connectors import files
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for day in range(1, 6):
+        (drop / f"2025-01-0{day}.jsonl").write_text(f'{{"id": "a{day}", "v": "1"}}\n{{"id": "b{day}", "v": "2"}}\n')
+    spec = {"kind": "files", "path": str(drop / "*.jsonl"), "format": "jsonl", "primary_key": ["id"]}
+    cfg, src = one_source(tmp_path, "environment", "sensors", spec)
+    hashed: list[str] = []
+    real = files.checksum
+    monkeypatch.setattr(files, "checksum", lambda p: hashed.append(p) or real(p))
+    assert len(run(cfg, src).files_loaded) == 5 and len(hashed) == 5
+
+    hashed.clear()
+    assert run(cfg, src, "run-2").files_loaded == [] and hashed == []
+
+    target = drop / "2025-01-03.jsonl"
+    st = target.stat()
+    target.write_text('{"id": "a3", "v": "7"}\n{"id": "b3", "v": "8"}\n')  # same size
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    third = run(cfg, src, "run-3")
+    assert third.files_loaded == [str(target)] and hashed == [str(target)]
+    assert {r["id"]: r["v"] for r in bronze_rows(cfg, src)}["a3"] == "7"
+
+    # the memo lost (or unreadable): every file is read again, and nothing loads twice
+    (cfg.state_dir / "checksums" / "environment.sensors.json").write_text("{not json")
+    hashed.clear()
+    assert run(cfg, src, "run-4").files_loaded == [] and len(hashed) == 5

@@ -75,8 +75,11 @@ def text_table(records: list[dict[str, Any]], columns: Iterable[str] = ()) -> pa
     return pa.table({n: pa.array([text(r.get(n)) for r in records], pa.string()) for n in names})
 
 
-def read_source(source: Source, cursor: Any | None, loaded_files: set[tuple[str, str]]) -> Iterator[Landing]:
-    """Read a source past `cursor` (None: from the start), in bounded batches; files skip `loaded_files`."""
+def read_source(
+    source: Source, cursor: Any | None, loaded_files: set[tuple[str, str]], memo: Any = None
+) -> Iterator[Landing]:
+    """Read a source past `cursor` (None: from the start), in bounded batches; files skip `loaded_files`
+    (`memo`: a files.ChecksumMemo, the checksums of files read before)."""
     if source.kind in ("postgres", "mysql", "sqlite"):
         from orchestration.connectors.sql import read_sql
 
@@ -88,7 +91,7 @@ def read_source(source: Source, cursor: Any | None, loaded_files: set[tuple[str,
     elif source.kind == "files":
         from orchestration.connectors.files import read_files
 
-        yield from read_files(source, loaded_files)
+        yield from read_files(source, loaded_files, memo)
     elif source.kind == "mqtt":
         from orchestration.connectors.mqtt import read_mqtt_batches
 

@@ -111,6 +111,47 @@ def checksum(path: str) -> str:
     return h.hexdigest()
 
 
+class ChecksumMemo:
+    """Checksums already computed, by local file and its identity stamp (size, mtime, ctime, inode), kept in
+    a JSON file under the state dir: a run with nothing new does not read every file of a large drop
+    folder again. A file whose content changes changes its ctime (which no copy tool can set back), so a
+    stamp that matches means the same content; S3 objects are always read. Losing the file only costs
+    the reading time; it is rewritten whole (atomically) and keeps only the files the glob still matches."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.known: dict[str, list[str]] = {}
+        self.now: dict[str, list[str]] = {}
+        if path is not None and path.exists():
+            try:
+                self.known = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self.known = {}
+
+    @staticmethod
+    def identity(path: str) -> str | None:
+        if path.startswith("s3://"):
+            return None
+        st = os.stat(path)
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+    def checksum(self, path: str) -> str:
+        ident = self.identity(path)
+        hit = self.known.get(path)
+        digest = hit[1] if ident is not None and hit and hit[0] == ident else checksum(path)
+        if ident is not None:
+            self.now[path] = [ident, digest]
+        return digest
+
+    def save(self) -> None:
+        if self.path is None or self.now == self.known:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.now))
+        tmp.replace(self.path)
+
+
 def _stamp(path: str) -> str:
     """size:mtime of one file (a change between the checksum and the end of the read means it changed)."""
     if path.startswith("s3://"):
@@ -193,19 +234,23 @@ def read_options(source: Source) -> str:
     return hashlib.sha256(json.dumps(given, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_files(source: Source, loaded: set[tuple[str, str]] | None = None) -> Iterator[Landing]:
+def read_files(
+    source: Source, loaded: set[tuple[str, str]] | None = None, memo: ChecksumMemo | None = None
+) -> Iterator[Landing]:
     """One Landing per new or changed file matched by the source's glob; its rows come in pieces.
 
     A file that cannot be parsed at all (wrong encoding, not JSON, not a workbook) raises UnreadableFile
     while its pieces are read; ingest records it in quarantine once, with the reason, and does not try
-    it again until its content (or how the source reads files) changes.
+    it again until its content (or how the source reads files) changes. `memo` spares reading an
+    unchanged file again to learn its checksum; it is saved when the listing has been gone through.
     """
     loaded = loaded or set()
+    memo = memo or ChecksumMemo(None)
     options = read_options(source)
     for path in list_files(source):
         try:
             before = _stamp(path)
-            digest = checksum(path)
+            digest = memo.checksum(path)
         except FileNotFoundError:
             continue  # moved away since the glob listed it: nothing to load
         if (path, digest) in loaded:
@@ -217,6 +262,7 @@ def read_files(source: Source, loaded: set[tuple[str, str]] | None = None) -> It
             pieces=lambda p=path, b=before: _checked_pieces(source, p, b),
             options=options,
         )
+    memo.save()
 
 
 def _checked_pieces(source: Source, path: str, before: str) -> Iterator[Piece]:

@@ -42,14 +42,17 @@ def already_loaded_dropped(source: Source, paths: list[str]) -> list[str]:
     when ingested, so every pending one is new."""
     if source.kind != "files" or not paths:
         return paths
-    from orchestration.connectors.files import checksum
-    from orchestration.ingest import loaded_files
+    from orchestration.connectors.files import ChecksumMemo
+    from orchestration.ingest import checksum_memo_path, loaded_files
 
-    _, loaded = loaded_files(city(), source)
+    cfg = city()
+    _, loaded = loaded_files(cfg, source)
+    # read only: the memo holds every file of the folder, and this is a part of it
+    memo = ChecksumMemo(checksum_memo_path(cfg, source))
     new = []
     for p in paths:
         try:
-            if (p, checksum(p)) not in loaded:
+            if (p, memo.checksum(p)) not in loaded:
                 new.append(p)
         except FileNotFoundError:  # moved away since it was listed
             continue
