@@ -257,8 +257,6 @@ def run_assets(
         # runs of a killed `citylake run` would otherwise stay STARTED and hold their pool slots
         recover_abandoned_runs(instance, log=lambda m: click.echo(m, err=True))
 
-        last_run_id = [""]
-
         def execute(selection: set[dg.AssetKey], tags: dict[str, str]) -> tuple[bool, set[dg.AssetKey]]:
             with contextlib.redirect_stdout(log):
                 result = job.execute_in_process(
@@ -270,7 +268,6 @@ def run_assets(
                 )
             results.append(result)
             ok, failed = _report(result)
-            last_run_id[0] = result.run_id
             done = {e.asset_key for e in result.get_asset_materialization_events()}
             return ok, failed | (selection - done)
 
@@ -313,7 +310,7 @@ def run_assets(
                 _echo_days(first, last, daily)
             rest_ok = execute(rest, range_tags(first, last) if daily else {})[0]
             if ok and rest_ok:
-                up_to_date.record_complete_run(cfg, now, last_run_id[0], loads_finished)
+                up_to_date.record_complete_run(cfg, now, results[-1].run_id, loads_finished)
             return ok and rest_ok
 
         try:

@@ -66,6 +66,19 @@ def read_table(uri: str, columns: Sequence[str] | None = None) -> pa.Table | Non
     return dataset.to_table(columns=list(columns) if columns is not None else None)
 
 
+def rows_where(table: DeltaTable, column: str, value: str) -> pa.Table:
+    """The rows of `table` whose text `column` equals `value`, read by delta-rs's own engine (files skipped
+    by their statistics). Not through `to_pyarrow_dataset()`: the files a merge or delete rewrites hold
+    their text columns as string_view, for which pyarrow's dataset filters have no kernel ("Function
+    'equal' has no kernel matching input types (string, string_view)", delta-rs #4579), so a filter
+    pushed into such a dataset (DuckDB pushes `where` clauses into a registered one) fails on any table
+    a load has upserted into."""
+    from deltalake import QueryBuilder
+
+    sql = f'select * from t where "{column}" = {_sql_literal(value)}'
+    return pa.table(QueryBuilder().register("t", table).execute(sql))
+
+
 #: times a write that lost a commit race is redone before the error goes up (the asset's retry policy is next)
 CONFLICT_RETRIES = 5
 T = TypeVar("T")

@@ -71,7 +71,7 @@ def data_days(
 
     from orchestration.dbt_build import raw_expression
     from orchestration.entities import ENTITIES
-    from orchestration.lake import bronze_uri, open_table
+    from orchestration.lake import bronze_uri, open_table, rows_where
 
     first, last = None, None
     with duckdb.connect() as con:
@@ -83,13 +83,14 @@ def data_days(
             if mapping is None:
                 continue
             raw = f"cast({raw_expression(mapping)} as varchar)"
-            con.register("bronze", table.to_pyarrow_dataset())
+            # a load's rows through delta-rs (see lake.rows_where); a time filter is safe to push into pyarrow
+            con.register("bronze", rows_where(table, "_batch", batch) if batch else table.to_pyarrow_dataset())
             lo, hi, unread = con.execute(
                 f"""select min(d), max(d), count(*) filter (where d is null) from (
                     select coalesce(cast(try_cast({raw} as timestamptz) as date),
                                     cast(try_cast({raw} as timestamp) as date), try_cast({raw} as date)) as d
-                    from bronze where (? is null or _batch = ?) and (?::timestamptz is null or _ingested_at >= ?))""",
-                [batch, batch, since, since],
+                    from bronze where (?::timestamptz is null or _ingested_at >= ?))""",
+                [since, since],
             ).fetchall()[0]
             con.unregister("bronze")
             if unread:

@@ -692,7 +692,7 @@ def validate_load(suite: dict, uri: str, batch: str | None, fresh_column: str | 
     and freshness (`_age_hours`, from `fresh_column`) on the table's newest row."""
     import duckdb
 
-    from orchestration.lake import open_table
+    from orchestration.lake import open_table, rows_where
 
     table = open_table(uri)
     if table is None:
@@ -705,9 +705,9 @@ def validate_load(suite: dict, uri: str, batch: str | None, fresh_column: str | 
         con.register("bronze", table.to_pyarrow_dataset())
         if total is None:  # a file without statistics: counted
             total = con.execute("select count(*) from bronze").fetchall()[0][0]
-        load = (
-            f"(select * from bronze where _batch = {literal(batch)})" if batch else "(select * from bronze where false)"
-        )
+        if batch:
+            con.register("load", rows_where(table, "_batch", batch))
+        load = "load" if batch else "(select * from bronze where false)"
         outcome = validate_relation(rest, con, load, table_rows=total, scope=f"rows loaded by run {batch}")
         if fresh:
             ages = f"(select {age_sql(fresh_column)} as {AGE_COLUMN} from bronze)"
