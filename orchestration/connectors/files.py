@@ -31,7 +31,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -374,10 +376,14 @@ class _RowNumbers:
         return rows
 
 
+def _locations(path: str, rows: np.ndarray) -> pa.Array:
+    """Each row's place in its file (path:N), used for the location of a rejected row."""
+    return pc.binary_join_element_wise(pa.scalar(path), pc.cast(pa.array(rows), pa.string()), ":")
+
+
 def _with_location(table: pa.Table, path: str, rows: np.ndarray) -> pa.Table:
-    """`table` with each row's place in its file (path:N), used for the location of a rejected row."""
-    where = pc.binary_join_element_wise(pa.scalar(path), pc.cast(pa.array(rows), pa.string()), ":")
-    return table.append_column(LOCATION, where)
+    """`table` with its LOCATION column."""
+    return table.append_column(LOCATION, _locations(path, rows))
 
 
 def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
@@ -556,10 +562,201 @@ def _lines(source: Source, path: str) -> Iterator[list[tuple[int, str]]]:
         yield piece
 
 
-def _jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
+def _python_jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
+    """The reference reader: json.loads line by line, every value turned into text by `text_table`."""
     for lines in _lines(source, path):
-        records, rejected = jsonl_records(iter(lines), path)
-        yield text_table(records), rejected
+        yield _python_lines(lines, path)
+
+
+def _python_lines(lines: list[tuple[int, str]], path: str) -> Piece:
+    records, rejected = jsonl_records(iter(lines), path)
+    JSONL_LINES["python"] += len(lines)
+    return text_table(records), rejected
+
+
+def _jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
+    """The file's pieces exactly as `_python_jsonl_pieces` gives them, read by pyarrow where it can be
+    (see the module docstring)."""
+    if _encoding(source) != "utf-8-sig":
+        yield from _python_jsonl_pieces(source, path)
+        return
+    with open_stream(path) as f:
+        data = f.read(PIECE_BYTES)
+        more = f.read(1)
+    if not more and data.count(b"\n") < PIECE_ROWS:
+        # one piece: read as bytes, normalised as _lines would (no BOM, \r\n as \n)
+        if not data.isascii():
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                yield from _python_jsonl_pieces(source, path)  # refuses the file with where it stops being text
+                return
+        data = data.removeprefix(codecs.BOM_UTF8)
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").removesuffix(b"\r")
+        yield _native_piece(data, 1, path)
+        return
+    del data
+    for lines in _lines(source, path):
+        yield _native_piece("\n".join([line for _, line in lines]).encode("utf-8"), lines[0][0], path)
+
+
+#: lines of JSON-lines files read by pyarrow ("native") and by json.loads ("python") in this process: how
+#: much of a load took the fast path (the property test and the benchmark read it)
+JSONL_LINES: Counter[str] = Counter()
+#: pyarrow reads tried on one piece; after that its remaining lines are read in Python
+NATIVE_TRIES = 32
+_ERROR_ROW = re.compile(r" in row (\d+)$")
+
+
+def _native_piece(data: bytes, first: int, path: str) -> Piece:
+    """One piece's lines (UTF-8, joined by \\n, numbered from `first`) as `_python_lines` gives them.
+
+    Runs of lines shaped like one object each (`{` ... `}`) go to pyarrow; a run it refuses is split at the
+    row its error names (that line is read in Python, the rest tried again), a run it reads but cannot give
+    exactly (see `_native_run`) likewise; other lines (blank, broken, not objects) are read in Python.
+    The parts' tables are joined with their columns in the order first met, as `text_table` has them."""
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    starts = np.concatenate(([0], ends + 1))
+    ends = np.append(ends, len(data))
+    shaped = ends > starts
+    shaped[shaped] = (buf[starts[shaped]] == ord("{")) & (buf[ends[shaped] - 1] == ord("}"))
+    cuts = [0, *(np.flatnonzero(np.diff(shaped.astype(np.int8))) + 1).tolist(), len(starts)]
+    todo = [(i, j, bool(shaped[i])) for i, j in zip(cuts, cuts[1:], strict=False)][::-1]
+    parts: list[Piece] = []
+    tries = 0
+    while todo:
+        i, j, native = todo.pop()
+        if native and tries < NATIVE_TRIES:
+            tries += 1
+            got = _native_run(data[starts[i] : ends[j - 1]], first + i, j - i, path)
+            if isinstance(got, tuple):
+                JSONL_LINES["native"] += j - i
+                parts.append(got)
+                continue
+            if got is not None:  # row `got` cannot be read natively: it alone goes to Python
+                k = i + got
+                todo.extend(r for r in [(k + 1, j, True), (k, k + 1, False), (i, k, True)] if r[0] < r[1])
+                continue
+        if not (ends[i:j] > starts[i:j]).any():
+            continue  # empty lines (the one after the last \\n): nothing, as in Python
+        text = data[starts[i] : ends[j - 1]].decode("utf-8").split("\n")
+        parts.append(_python_lines(list(zip(range(first + i, first + j), text, strict=True)), path))
+    return _joined(parts)
+
+
+def _joined(parts: list[Piece]) -> Piece:
+    """Consecutive parts of one piece as one: columns in the order first met, absent ones null."""
+    parts = [p for p in parts if p[0].num_rows or p[1]] or [(pa.table({}), [])]
+    if len(parts) == 1:
+        return parts[0]
+    names: dict[str, None] = {}
+    for table, _ in parts:
+        names.update(dict.fromkeys(table.column_names))
+
+    def column(table: pa.Table, name: str) -> list[pa.Array]:
+        return table.column(name).chunks if name in table.column_names else [pa.nulls(table.num_rows, pa.string())]
+
+    columns = {n: pa.chunked_array([c for t, _ in parts for c in column(t, n)], pa.string()) for n in names}
+    return pa.table(columns).combine_chunks(), [r for _, rejected in parts for r in rejected]
+
+
+def _native_run(data: bytes, first: int, rows: int, path: str) -> Piece | int | None:
+    """`rows` lines (each `{`...`}`) read by pyarrow.json, every value as `text_table` would write it.
+
+    Returns the piece, or the index of a row pyarrow cannot give exactly (its parse error's row; a nested
+    value; a non-finite number; an integral number of 2**53 or more, which may have been an integer
+    beyond int64 or mixed with floats), or None when the run is better read in Python whole."""
+    import pyarrow.json as pj
+
+    end = data.find(b"\n")
+    try:
+        head = json.loads((data if end < 0 else data[:end]).decode("utf-8"))
+    except (ValueError, RecursionError):
+        return 0
+    if not isinstance(head, dict) or LOCATION in head:
+        return 0
+
+    def read(strings: list[str]) -> pa.Table | int | None:
+        # one block, one thread: columns in the order pyarrow meets them, errors name the row
+        try:
+            return pj.read_json(
+                pa.BufferReader(data),
+                read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
+                parse_options=pj.ParseOptions(
+                    explicit_schema=pa.schema([(n, pa.string()) for n in strings]), unexpected_field_behavior="infer"
+                ),
+            )
+        except MemoryError:
+            raise
+        except pa.ArrowException as exc:
+            found = _ERROR_ROW.search(str(exc))
+            return int(found.group(1)) if found and int(found.group(1)) < rows else None
+
+    # the first line's strings are read as strings (pyarrow would make timestamps of some)
+    strings = [k for k, v in head.items() if isinstance(v, str)]
+    table = read(strings)
+    if not isinstance(table, pa.Table):
+        return table
+    names = table.column_names
+    if table.num_rows != rows or len(set(names)) != len(names) or LOCATION in names or not set(head) <= set(names):
+        return None  # a line held more than one object, or keys pyarrow and json.loads tell apart differently
+    # explicit columns come first: the first line's keys in its order, then the others as pyarrow met them
+    order = [*head, *(n for n in names if n not in head)]
+    dated = [n for n in names if pa.types.is_temporal(table.schema.field(n).type)]
+    if dated:
+        table = read([*strings, *dated])
+        if not isinstance(table, pa.Table) or table.num_rows != rows:
+            return None
+    columns = []
+    for n in order:
+        text = _text_column(table.column(n))
+        if not isinstance(text, pa.Array):
+            return text
+        columns.append(text)
+    where = _locations(path, np.arange(first, first + rows))
+    columns.insert(len(head), where)
+    return pa.Table.from_arrays(columns, names=[*order[: len(head)], LOCATION, *order[len(head) :]]), []
+
+
+def _text_column(col: pa.ChunkedArray) -> pa.Array | int | None:
+    """A column pyarrow read, as text exactly as `text_table` writes each value; or the first row it
+    cannot write (a nested value, a non-finite or too large number), or None (a type it does not know)."""
+    kind, col = col.type, col.combine_chunks()
+    if pa.types.is_string(kind):
+        return col
+    if pa.types.is_null(kind):
+        return pa.nulls(len(col), pa.string())
+    if pa.types.is_boolean(kind):
+        return pc.if_else(col, "true", "false")
+    if pa.types.is_int64(kind):
+        return pc.cast(col, pa.string())
+    if pa.types.is_nested(kind):
+        return int(np.argmax(pc.is_valid(col).to_numpy(zero_copy_only=False)))
+    if not pa.types.is_float64(kind):
+        return None
+    values = col.to_numpy(zero_copy_only=False)
+    valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
+    size = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        integral = valid & (np.floor(values) == values)
+    bad = valid & (~np.isfinite(values) | (integral & (size >= 2**53)))
+    if bad.any():
+        return int(np.argmax(bad))
+    # pyarrow writes the shortest digits, as Python does, but switches to an exponent elsewhere: its
+    # text is kept only where Python writes no exponent either (1e-4 <= |x| < 1e16) and it wrote none
+    text = pc.cast(col, pa.string())
+    if integral.any():  # a JSON number is a number: 101.0 is written 101
+        text = pc.if_else(pa.array(integral), pc.cast(pc.cast(col, pa.int64(), safe=False), pa.string()), text)
+    python = valid & ~integral & ((size < 1e-4) | (size >= 1e16))
+    python |= pc.fill_null(pc.match_substring(text, "e"), False).to_numpy(zero_copy_only=False)
+    if python.any():
+        rows = np.flatnonzero(python)
+        text = pc.replace_with_mask(
+            text, pa.array(python), pa.array([repr(float(v)) for v in values[rows]], pa.string())
+        )
+    return text
 
 
 def _json_document(source: Source, path: str) -> Piece:
