@@ -642,7 +642,12 @@ def _native_piece(data: bytes, first: int, path: str) -> Piece:
         if not (ends[i:j] > starts[i:j]).any():
             continue  # empty lines (the one after the last \\n): nothing, as in Python
         text = data[starts[i] : ends[j - 1]].decode("utf-8").split("\n")
-        parts.append(_python_lines(list(zip(range(first + i, first + j), text, strict=True)), path))
+        try:
+            parts.append(_python_lines(list(zip(range(first + i, first + j), text, strict=True)), path))
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - raised as the whole piece read in Python raises it, word for word
+            return _python_lines(list(enumerate(data.decode("utf-8").split("\n"), start=first)), path)
     return _joined(parts)
 
 
