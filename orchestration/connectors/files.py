@@ -11,9 +11,24 @@ be parsed at all is recorded in quarantine with its reason (the agency's drop fo
 it is tried again when its content or the source's reading options change.
 
 Bounded memory: a file is read in pieces of PIECE_ROWS rows or PIECE_BYTES (CSV through pyarrow's streaming
-reader, JSON lines line by line, Parquet by record batches, XLSX row by row), so a file of any size
+reader, JSON lines by lines, Parquet by record batches, XLSX row by row), so a file of any size
 loads in the same memory; ingest writes all pieces of a file as one Delta commit. A JSON document
 (`format: json`, one array) is parsed whole, so it is refused above `max_document_mb`.
+
+JSON lines, natively: a UTF-8 file (BOM and CRLF accepted) is read by pyarrow.json and every value
+written as text in Arrow, with exactly the result of the Python reader (`_python_jsonl_pieces`: json.loads
+line by line, then `text_table`), which stays the reference and the fallback. Lines shaped as one object
+(`{` ... `}`) are read natively in runs; a run pyarrow refuses (a line that is not JSON, a column whose
+type changes, a duplicate key, a number too large for a double) is split at the row its error names:
+that line is read in Python and the lines around it natively again. Read in Python whatever pyarrow
+would give differently: blank or whitespace lines, lines not shaped as an object, two objects on a
+line (rows would not match lines), nested objects and arrays, NaN/Infinity, integral numbers of 2**53 or
+more (an integer beyond int64, or an integer in a column of floats, may have become a double); another
+encoding; a piece after NATIVE_TRIES pyarrow reads. Strings stay strings: the first line's are read as
+strings and any column pyarrow took for timestamps is read again as strings. Floats are written as
+Python writes them (pyarrow's text where it is the same, repr elsewhere). A file of one piece is read
+as bytes; a bigger one is split into pieces as before and each piece read natively.
+`JSONL_LINES` counts the lines each way took.
 
 The folder a glob names (its part before the first wildcard) is where its files must be: a file
 reached through a symlink that resolves outside that folder is refused with an error before anything
@@ -580,10 +595,14 @@ def _jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
     if _encoding(source) != "utf-8-sig":
         yield from _python_jsonl_pieces(source, path)
         return
-    with open_stream(path) as f:
-        data = f.read(PIECE_BYTES)
-        more = f.read(1)
-    if not more and data.count(b"\n") < PIECE_ROWS:
+    chunks, size = [], 0
+    with open_stream(path) as f:  # (read(PIECE_BYTES) would allocate that much for any file)
+        while size <= PIECE_BYTES and (chunk := f.read(_CHUNK)):
+            chunks.append(chunk)
+            size += len(chunk)
+    data = b"".join(chunks)
+    del chunks
+    if size <= PIECE_BYTES and data.count(b"\n") < PIECE_ROWS:
         # one piece: read as bytes, normalised as _lines would (no BOM, \r\n as \n)
         if not data.isascii():
             try:
@@ -749,18 +768,19 @@ def _text_column(col: pa.ChunkedArray) -> pa.Array | int | None:
     bad = valid & (~np.isfinite(values) | (integral & (size >= 2**53)))
     if bad.any():
         return int(np.argmax(bad))
-    # pyarrow writes the shortest digits, as Python does, but switches to an exponent elsewhere: its
-    # text is kept only where Python writes no exponent either (1e-4 <= |x| < 1e16) and it wrote none
+    # pyarrow writes the shortest digits, as Python does, and an integral value without ".0" (101.0 is
+    # 101: a JSON number is a number), but it switches to an exponent elsewhere and writes -0.0 as -0: its
+    # text is kept where it wrote no exponent and Python would write none (1e-4 <= |x| < 1e16)
     text = pc.cast(col, pa.string())
-    if integral.any():  # a JSON number is a number: 101.0 is written 101
-        text = pc.if_else(pa.array(integral), pc.cast(pc.cast(col, pa.int64(), safe=False), pa.string()), text)
-    python = valid & ~integral & ((size < 1e-4) | (size >= 1e16))
-    python |= pc.fill_null(pc.match_substring(text, "e"), False).to_numpy(zero_copy_only=False)
+    exponent = pc.fill_null(pc.match_substring(text, "e"), False).to_numpy(zero_copy_only=False)
+    whole = integral & (exponent | (values == 0))
+    if whole.any():
+        ints = pc.cast(pc.cast(pa.array(values[whole]), pa.int64()), pa.string())
+        text = pc.replace_with_mask(text, pa.array(whole), ints)
+    python = valid & ~integral & (exponent | (size < 1e-4) | (size >= 1e16))
     if python.any():
-        rows = np.flatnonzero(python)
-        text = pc.replace_with_mask(
-            text, pa.array(python), pa.array([repr(float(v)) for v in values[rows]], pa.string())
-        )
+        floats = pa.array([repr(float(v)) for v in values[python]], pa.string())
+        text = pc.replace_with_mask(text, pa.array(python), floats)
     return text
 
 
