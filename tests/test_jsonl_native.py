@@ -159,7 +159,7 @@ def _broken(line: str, rng: random.Random) -> str:
     )
 
 
-def _file(rng: random.Random, *, clean: bool = False) -> bytes:
+def _file(rng: random.Random, *, clean: bool = False, lines: int | None = None) -> bytes:
     """A random JSON-lines file (clean: nothing the native path should not take whole)."""
     keys = list(dict.fromkeys(rng.sample(KEYS, rng.randint(1, 8))))
     kinds = ["int", "float", "number", "bool", "stamp", "string"] + ([] if clean else ["nested", "wild"])
@@ -168,8 +168,8 @@ def _file(rng: random.Random, *, clean: bool = False) -> bytes:
     nulls = {k: rng.choice([0, 0, 0.05, 0.5, 1]) for k in keys}
     shuffle = rng.random() < 0.3
     bad = 0 if clean else rng.choice([0, 0, 0.01, 0.1, 0.5])
-    lines = []
-    for _ in range(rng.choice([0, 1, 2, 5, 20, 60]) if not clean else rng.choice([1, 3, 40])):
+    out = []
+    for _ in range(lines or (rng.choice([0, 1, 2, 5, 20, 60, 300]) if not clean else rng.choice([1, 3, 40]))):
         present = [k for k in keys if rng.random() >= missing[k]]
         if shuffle:
             rng.shuffle(present)
@@ -178,9 +178,9 @@ def _file(rng: random.Random, *, clean: bool = False) -> bytes:
             _key(k, rng) + colon + ("null" if rng.random() < nulls[k] else _value(kind[k], rng, clean)) for k in present
         )
         line = "{" + body + "}"
-        lines.append(_broken(line, rng) if rng.random() < bad else line)
+        out.append(_broken(line, rng) if rng.random() < bad else line)
     end = "\r\n" if rng.random() < 0.2 else "\n"
-    text = end.join(lines) + rng.choice([end, end, "", end + end, end + " " + end] if not clean else [end, ""])
+    text = end.join(out) + rng.choice([end, end, "", end + end, end + " " + end] if not clean else [end, ""])
     data = text.encode("utf-8")
     if rng.random() < 0.1:
         data = b"\xef\xbb\xbf" + data
@@ -219,11 +219,18 @@ def _same(path: Path, source: Source) -> None:
         assert rejected == ref_rejected, shown
 
 
-@pytest.mark.parametrize("small_pieces", [False, True], ids=["one-piece", "small-pieces"])
-def test_native_reader_gives_exactly_what_the_python_reader_gives(tmp_path, monkeypatch, small_pieces):
+@pytest.mark.parametrize(
+    ("small_pieces", "min_run", "share"),
+    [(False, None, 0.01), (False, 1, 0.25), (True, 1, 0.25)],
+    ids=["one-piece", "one-piece-every-split-native", "small-pieces-every-split-native"],
+)
+def test_native_reader_gives_exactly_what_the_python_reader_gives(tmp_path, monkeypatch, small_pieces, min_run, share):
     if small_pieces:  # files of several pieces: read line by line, each piece natively
         monkeypatch.setattr(files, "PIECE_ROWS", 7)
         monkeypatch.setattr(files, "PIECE_BYTES", 400)
+    if min_run:  # every run between lines read in Python tried natively (the splitting and joining tested hard)
+        monkeypatch.setattr(files, "MIN_RUN", min_run)
+        monkeypatch.setattr(files, "NATIVE_BUDGET", 10_000)
     rng = random.Random(1400 + small_pieces)
     before = files.JSONL_LINES.copy()
     for n in range(700):
@@ -232,14 +239,17 @@ def test_native_reader_gives_exactly_what_the_python_reader_gives(tmp_path, monk
         _same(path, _source(path))
     done = files.JSONL_LINES - before
     # (the Python reference's own lines count as "python" too: each file is read once each way)
-    assert done["native"] > 0.25 * (done["python"] - done["native"]), done
+    assert done["native"] > share * (done["python"] - done["native"]), done
 
 
-def test_clean_files_never_reach_json_loads(tmp_path, monkeypatch):
-    rng = random.Random(7)
-    for n in range(300):
+@pytest.mark.parametrize("small", [False, True], ids=["long-files", "short-files-every-run-native"])
+def test_clean_files_never_reach_json_loads(tmp_path, monkeypatch, small):
+    if small:  # (a run shorter than MIN_RUN lines is cheaper in Python)
+        monkeypatch.setattr(files, "MIN_RUN", 1)
+    rng = random.Random(7 + small)
+    for n in range(300 if small else 60):
         path = tmp_path / f"c{n}.jsonl"
-        path.write_bytes(_file(rng, clean=True))
+        path.write_bytes(_file(rng, clean=True, lines=None if small else rng.choice([files.MIN_RUN, 300, 2000])))
         lines = path.read_bytes().count(b"\n") + 1
         before = files.JSONL_LINES.copy()
         got, error = _outcome(files._jsonl_pieces, _source(path), path)
@@ -253,26 +263,21 @@ def test_the_native_reader_splits_around_what_it_cannot_take(tmp_path):
     """A bad line costs only itself: the lines around it are still read natively."""
     good = [
         json.dumps({"station_id": f"B-{i:03d}", "observed_at": "2025-01-01T00:00:00Z", "pm25": i / 10})
-        for i in range(500)
+        for i in range(900)
     ]
-    lines = (
-        good[:100]
-        + ['{"station_id": "B-x", "pm25": "n/a"}']
-        + good[100:300]
-        + ['{"station_id": "B-y", "pm2']
-        + good[300:]
-    )
-    lines += ['{"station_id": "B-z", "pm25": 1e400}', '{"station_id": "B-w", "pm25": {"v": 1}}', "", " "] + good[:50]
+    lines = good[:200] + ['{"station_id": "B-x", "pm25": "n/a"}'] + good[200:400] + ['{"station_id": "B-y", "pm2']
+    lines += good[400:] + ['{"station_id": "B-z", "pm25": 1e400}', '{"station_id": "B-w", "pm25": {"v": 1}}', "", " "]
+    lines += good[:150]
     path = tmp_path / "air.jsonl"
     path.write_text("\n".join(lines) + "\n")
     before = files.JSONL_LINES.copy()
     ((table, rejected),) = list(files._jsonl_pieces(_source(path), str(path)))
     done = files.JSONL_LINES - before
-    assert done["python"] <= 6 and done["native"] == len(lines) - 6, done
-    assert table.num_rows == len(lines) - 3 and [r.location for r in rejected] == [f"{path}:302"]
-    assert table.column("pm25").to_pylist()[100] == "n/a"
-    assert table.column("pm25").to_pylist()[-52:-50] == ["inf", '{"v": 1}']
-    assert table.column(files.LOCATION).to_pylist()[300:302] == [f"{path}:301", f"{path}:303"]
+    assert done["python"] == 6 and done["native"] == len(lines) - 6, done  # (6: with the empty line)
+    assert table.num_rows == len(lines) - 3 and [r.location for r in rejected] == [f"{path}:402"]
+    pm25 = table.column("pm25").to_pylist()
+    assert pm25[200] == "n/a" and pm25[-152:-150] == ["inf", '{"v": 1}']
+    assert table.column(files.LOCATION).to_pylist()[400:402] == [f"{path}:401", f"{path}:403"]
     _same(path, _source(path))
 
 

@@ -20,15 +20,17 @@ written as text in Arrow, with exactly the result of the Python reader (`_python
 line by line, then `text_table`), which stays the reference and the fallback. Lines shaped as one object
 (`{` ... `}`) are read natively in runs; a run pyarrow refuses (a line that is not JSON, a column whose
 type changes, a duplicate key, a number too large for a double) is split at the row its error names:
-that line is read in Python and the lines around it natively again. Read in Python whatever pyarrow
-would give differently: blank or whitespace lines, lines not shaped as an object, two objects on a
-line (rows would not match lines), nested objects and arrays, NaN/Infinity, integral numbers of 2**53 or
-more (an integer beyond int64, or an integer in a column of floats, may have become a double); another
-encoding; a piece after NATIVE_TRIES pyarrow reads. Strings stay strings: the first line's are read as
-strings and any column pyarrow took for timestamps is read again as strings. Floats are written as
-Python writes them (pyarrow's text where it is the same, repr elsewhere). A file of one piece is read
-as bytes; a bigger one is split into pieces as before and each piece read natively.
-`JSONL_LINES` counts the lines each way took.
+that line is read in Python, the lines around it natively again (a run of fewer than MIN_RUN lines in
+Python). Read in Python, line by line, whatever pyarrow would give differently: blank or whitespace
+lines, lines not shaped as an object, nested objects and arrays, NaN/Infinity, integral numbers of
+2**53 or more (an integer beyond int64, or one in a column of floats, may have become a double); a run
+with two objects on a line (rows would not match lines) or keys pyarrow tells apart differently, whole;
+another encoding, the whole file; the rest of a piece once pyarrow has been handed NATIVE_BUDGET times
+its bytes (a file pyarrow keeps refusing costs at most that much more than the Python reader alone).
+Strings stay strings: the first line's are read as strings and a column pyarrow took for timestamps is
+read again as strings. Floats are written as Python writes them (pyarrow's text where it is the same,
+repr elsewhere). A file of one piece is read as bytes; a bigger one is split into pieces as before and
+each piece read natively. `JSONL_LINES` counts the lines each way took.
 
 The folder a glob names (its part before the first wildcard) is where its files must be: a file
 reached through a symlink that resolves outside that folder is refused with an error before anything
@@ -623,8 +625,12 @@ def _jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
 #: lines of JSON-lines files read by pyarrow ("native") and by json.loads ("python") in this process: how
 #: much of a load took the fast path (the property test and the benchmark read it)
 JSONL_LINES: Counter[str] = Counter()
-#: pyarrow reads tried on one piece; after that its remaining lines are read in Python
-NATIVE_TRIES = 32
+#: lines pyarrow may be handed for one piece, as a multiple of the piece's lines (a run it refuses is read
+#: again in parts; each read also counts MIN_RUN lines for its fixed cost); past that the piece's
+#: remaining lines are read in Python
+NATIVE_BUDGET = 3
+#: a run of fewer lines is read in Python: a pyarrow read costs about what json.loads of ~100 lines does
+MIN_RUN = 128
 _ERROR_ROW = re.compile(r" in row (\d+)$")
 
 
@@ -632,9 +638,11 @@ def _native_piece(data: bytes, first: int, path: str) -> Piece:
     """One piece's lines (UTF-8, joined by \\n, numbered from `first`) as `_python_lines` gives them.
 
     Runs of lines shaped like one object each (`{` ... `}`) go to pyarrow; a run it refuses is split at the
-    row its error names (that line is read in Python, the rest tried again), a run it reads but cannot give
-    exactly (see `_native_run`) likewise; other lines (blank, broken, not objects) are read in Python.
-    The parts' tables are joined with their columns in the order first met, as `text_table` has them."""
+    row its error names, a run it reads but cannot give exactly at the rows it cannot give (see
+    `_native_run`): those lines are read in Python, the lines between them natively again (after an
+    error, in blocks about twice as long as the stretch before it). Other lines (blank, broken, not
+    objects) and runs shorter than MIN_RUN are read in Python. The parts' tables are joined with their
+    columns in the order first met, as `text_table` has them."""
     buf = np.frombuffer(data, np.uint8)
     ends = np.flatnonzero(buf == ord("\n"))
     starts = np.concatenate(([0], ends + 1))
@@ -644,30 +652,62 @@ def _native_piece(data: bytes, first: int, path: str) -> Piece:
     cuts = [0, *(np.flatnonzero(np.diff(shaped.astype(np.int8))) + 1).tolist(), len(starts)]
     todo = [(i, j, bool(shaped[i])) for i, j in zip(cuts, cuts[1:], strict=False)][::-1]
     parts: list[Piece] = []
-    tries = 0
+    python: list[int] = []  # the run of lines waiting to be read in Python: [first, end)
+    budget = NATIVE_BUDGET * len(starts)
     while todo:
         i, j, native = todo.pop()
-        if native and tries < NATIVE_TRIES:
-            tries += 1
-            got = _native_run(data[starts[i] : ends[j - 1]], first + i, j - i, path)
+        if native and j - i >= MIN_RUN and j - i + MIN_RUN <= budget:
+            budget -= j - i + MIN_RUN
+            try:
+                got = _native_run(data[starts[i] : ends[j - 1]], first + i, j - i, path)
+            except MemoryError:
+                raise
+            except Exception:  # noqa: BLE001 - whatever pyarrow could not do, Python does
+                got = None
             if isinstance(got, tuple):
+                if python:
+                    parts.append(_python_part(data, starts, ends, python, first, path))
+                    python = []
                 JSONL_LINES["native"] += j - i
                 parts.append(got)
                 continue
-            if got is not None:  # row `got` cannot be read natively: it alone goes to Python
-                k = i + got
-                todo.extend(r for r in [(k + 1, j, True), (k, k + 1, False), (i, k, True)] if r[0] < r[1])
+            if got:  # these rows cannot be read natively: they go to Python, the runs between them back here
+                split: list[tuple[int, int, bool]] = []
+                for a, b in zip([-1, *got], [*got, j - i], strict=True):
+                    if b - a > 1:
+                        split.extend(
+                            _blocks(i + a + 1, i + b, max(MIN_RUN, 2 * (a + 1))) if a >= 0 else [(i, i + b, True)]
+                        )
+                    if b < j - i:
+                        split.append((i + b, i + b + 1, False))
+                todo.extend(split[::-1])
                 continue
-        if not (ends[i:j] > starts[i:j]).any():
-            continue  # empty lines (the one after the last \\n): nothing, as in Python
-        text = data[starts[i] : ends[j - 1]].decode("utf-8").split("\n")
-        try:
-            parts.append(_python_lines(list(zip(range(first + i, first + j), text, strict=True)), path))
-        except MemoryError:
-            raise
-        except Exception:  # noqa: BLE001 - raised as the whole piece read in Python raises it, word for word
-            return _python_lines(list(enumerate(data.decode("utf-8").split("\n"), start=first)), path)
+        python = [python[0] if python else i, j]
+    if python:
+        parts.append(_python_part(data, starts, ends, python, first, path))
     return _joined(parts)
+
+
+def _blocks(i: int, j: int, size: int) -> list[tuple[int, int, bool]]:
+    """Lines i..j as native runs of `size` lines (the last one longer rather than short)."""
+    cuts = list(range(i, j, size))
+    if len(cuts) > 1 and j - cuts[-1] < MIN_RUN:
+        cuts.pop()
+    return [(a, b, True) for a, b in zip(cuts, [*cuts[1:], j], strict=True)]
+
+
+def _python_part(data: bytes, starts: np.ndarray, ends: np.ndarray, run: list[int], first: int, path: str) -> Piece:
+    """Lines run[0]..run[1] read by json.loads; an error is raised as the whole piece read in Python raises it."""
+    i, j = run
+    if not (ends[i:j] > starts[i:j]).any():
+        return pa.table({}), []  # empty lines (the one after the last \\n): nothing, as in Python
+    text = data[starts[i] : ends[j - 1]].decode("utf-8").split("\n")
+    try:
+        return _python_lines(list(zip(range(first + i, first + j), text, strict=True)), path)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - raised word for word as the whole piece read in Python raises it
+        return _python_lines(list(enumerate(data.decode("utf-8").split("\n"), start=first)), path)
 
 
 def _joined(parts: list[Piece]) -> Piece:
@@ -686,23 +726,23 @@ def _joined(parts: list[Piece]) -> Piece:
     return pa.table(columns).combine_chunks(), [r for _, rejected in parts for r in rejected]
 
 
-def _native_run(data: bytes, first: int, rows: int, path: str) -> Piece | int | None:
+def _native_run(data: bytes, first: int, rows: int, path: str) -> Piece | list[int] | None:
     """`rows` lines (each `{`...`}`) read by pyarrow.json, every value as `text_table` would write it.
 
-    Returns the piece, or the index of a row pyarrow cannot give exactly (its parse error's row; a nested
-    value; a non-finite number; an integral number of 2**53 or more, which may have been an integer
-    beyond int64 or mixed with floats), or None when the run is better read in Python whole."""
+    Returns the piece, or the rows pyarrow cannot give exactly (its parse error's row; nested values;
+    non-finite numbers; integral numbers of 2**53 or more, which may have been integers beyond int64 or
+    mixed with floats), or None when the run is better read in Python whole."""
     import pyarrow.json as pj
 
     end = data.find(b"\n")
     try:
         head = json.loads((data if end < 0 else data[:end]).decode("utf-8"))
     except (ValueError, RecursionError):
-        return 0
+        return [0]
     if not isinstance(head, dict) or LOCATION in head:
-        return 0
+        return [0]
 
-    def read(strings: list[str]) -> pa.Table | int | None:
+    def read(strings: list[str]) -> pa.Table | list[int] | None:
         # one block, one thread: columns in the order pyarrow meets them, errors name the row
         try:
             return pj.read_json(
@@ -716,7 +756,7 @@ def _native_run(data: bytes, first: int, rows: int, path: str) -> Piece | int | 
             raise
         except pa.ArrowException as exc:
             found = _ERROR_ROW.search(str(exc))
-            return int(found.group(1)) if found and int(found.group(1)) < rows else None
+            return [int(found.group(1))] if found and int(found.group(1)) < rows else None
 
     # the first line's strings are read as strings (pyarrow would make timestamps of some)
     strings = [k for k, v in head.items() if isinstance(v, str)]
@@ -733,20 +773,24 @@ def _native_run(data: bytes, first: int, rows: int, path: str) -> Piece | int | 
         table = read([*strings, *dated])
         if not isinstance(table, pa.Table) or table.num_rows != rows:
             return None
-    columns = []
+    columns, bad = [], np.zeros(rows, bool)
     for n in order:
         text = _text_column(table.column(n))
-        if not isinstance(text, pa.Array):
-            return text
+        if text is None:
+            return None
+        if isinstance(text, np.ndarray):
+            bad |= text
         columns.append(text)
+    if bad.any():
+        return np.flatnonzero(bad).tolist()
     where = _locations(path, np.arange(first, first + rows))
     columns.insert(len(head), where)
     return pa.Table.from_arrays(columns, names=[*order[: len(head)], LOCATION, *order[len(head) :]]), []
 
 
-def _text_column(col: pa.ChunkedArray) -> pa.Array | int | None:
-    """A column pyarrow read, as text exactly as `text_table` writes each value; or the first row it
-    cannot write (a nested value, a non-finite or too large number), or None (a type it does not know)."""
+def _text_column(col: pa.ChunkedArray) -> pa.Array | np.ndarray | None:
+    """A column pyarrow read, as text exactly as `text_table` writes each value; or a mask of the rows it
+    cannot write (nested values, non-finite or too large numbers), or None (a type it does not know)."""
     kind, col = col.type, col.combine_chunks()
     if pa.types.is_string(kind):
         return col
@@ -757,7 +801,7 @@ def _text_column(col: pa.ChunkedArray) -> pa.Array | int | None:
     if pa.types.is_int64(kind):
         return pc.cast(col, pa.string())
     if pa.types.is_nested(kind):
-        return int(np.argmax(pc.is_valid(col).to_numpy(zero_copy_only=False)))
+        return pc.is_valid(col).to_numpy(zero_copy_only=False)
     if not pa.types.is_float64(kind):
         return None
     values = col.to_numpy(zero_copy_only=False)
@@ -767,7 +811,7 @@ def _text_column(col: pa.ChunkedArray) -> pa.Array | int | None:
         integral = valid & (np.floor(values) == values)
     bad = valid & (~np.isfinite(values) | (integral & (size >= 2**53)))
     if bad.any():
-        return int(np.argmax(bad))
+        return bad
     # pyarrow writes the shortest digits, as Python does, and an integral value without ".0" (101.0 is
     # 101: a JSON number is a number), but it switches to an exponent elsewhere and writes -0.0 as -0: its
     # text is kept where it wrote no exponent and Python would write none (1e-4 <= |x| < 1e16)
