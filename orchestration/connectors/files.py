@@ -26,7 +26,7 @@ lines, lines not shaped as an object, nested objects and arrays, NaN/Infinity, i
 2**53 or more (an integer beyond int64, or one in a column of floats, may have become a double); a run
 with two objects on a line (rows would not match lines) or keys pyarrow tells apart differently, whole;
 another encoding, the whole file; the rest of a piece once pyarrow has been handed NATIVE_BUDGET times
-its bytes (a file pyarrow keeps refusing costs at most that much more than the Python reader alone).
+its lines (a file pyarrow keeps refusing costs about 1.2x the Python reader alone, at worst).
 Strings stay strings: the first line's are read as strings and a column pyarrow took for timestamps is
 read again as strings. Floats are written as Python writes them (pyarrow's text where it is the same,
 repr elsewhere). A file of one piece is read as bytes; a bigger one is split into pieces as before and
