@@ -11,9 +11,26 @@ be parsed at all is recorded in quarantine with its reason (the agency's drop fo
 it is tried again when its content or the source's reading options change.
 
 Bounded memory: a file is read in pieces of PIECE_ROWS rows or PIECE_BYTES (CSV through pyarrow's streaming
-reader, JSON lines line by line, Parquet by record batches, XLSX row by row), so a file of any size
+reader, JSON lines by lines, Parquet by record batches, XLSX row by row), so a file of any size
 loads in the same memory; ingest writes all pieces of a file as one Delta commit. A JSON document
 (`format: json`, one array) is parsed whole, so it is refused above `max_document_mb`.
+
+JSON lines, natively: a UTF-8 file (BOM and CRLF accepted) is read by pyarrow.json and every value
+written as text in Arrow, with exactly the result of the Python reader (`_python_jsonl_pieces`: json.loads
+line by line, then `text_table`), which stays the reference and the fallback. Lines shaped as one object
+(`{` ... `}`) are read natively in runs; a run pyarrow refuses (a line that is not JSON, a column whose
+type changes, a duplicate key, a number too large for a double) is split at the row its error names:
+that line is read in Python, the lines around it natively again (a run of fewer than MIN_RUN lines in
+Python). Read in Python, line by line, whatever pyarrow would give differently: blank or whitespace
+lines, lines not shaped as an object, nested objects and arrays, NaN/Infinity, integral numbers of
+2**53 or more (an integer beyond int64, or one in a column of floats, may have become a double); a run
+with two objects on a line (rows would not match lines) or keys pyarrow tells apart differently, whole;
+another encoding, the whole file; the rest of a piece once pyarrow has been handed NATIVE_BUDGET times
+its lines (a file pyarrow keeps refusing costs about 1.2x the Python reader alone, at worst).
+Strings stay strings: the first line's are read as strings and a column pyarrow took for timestamps is
+read again as strings. Floats are written as Python writes them (pyarrow's text where it is the same,
+repr elsewhere). A file of one piece is read as bytes; a bigger one is split into pieces as before and
+each piece read natively. `JSONL_LINES` counts the lines each way took.
 
 The folder a glob names (its part before the first wildcard) is where its files must be: a file
 reached through a symlink that resolves outside that folder is refused with an error before anything
@@ -31,7 +48,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -420,10 +439,14 @@ class _RowNumbers:
         return rows
 
 
+def _locations(path: str, rows: np.ndarray) -> pa.Array:
+    """Each row's place in its file (path:N), used for the location of a rejected row."""
+    return pc.binary_join_element_wise(pa.scalar(path), pc.cast(pa.array(rows), pa.string()), ":")
+
+
 def _with_location(table: pa.Table, path: str, rows: np.ndarray) -> pa.Table:
-    """`table` with each row's place in its file (path:N), used for the location of a rejected row."""
-    where = pc.binary_join_element_wise(pa.scalar(path), pc.cast(pa.array(rows), pa.string()), ":")
-    return table.append_column(LOCATION, where)
+    """`table` with its LOCATION column."""
+    return table.append_column(LOCATION, _locations(path, rows))
 
 
 def _csv_pieces(source: Source, path: str) -> Iterator[Piece]:
@@ -602,10 +625,253 @@ def _lines(source: Source, path: str) -> Iterator[list[tuple[int, str]]]:
         yield piece
 
 
-def _jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
+def _python_jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
+    """The reference reader: json.loads line by line, every value turned into text by `text_table`."""
     for lines in _lines(source, path):
-        records, rejected = jsonl_records(iter(lines), path)
-        yield text_table(records), rejected
+        yield _python_lines(lines, path)
+
+
+def _python_lines(lines: list[tuple[int, str]], path: str) -> Piece:
+    records, rejected = jsonl_records(iter(lines), path)
+    JSONL_LINES["python"] += len(lines)
+    return text_table(records), rejected
+
+
+def _jsonl_pieces(source: Source, path: str) -> Iterator[Piece]:
+    """The file's pieces exactly as `_python_jsonl_pieces` gives them, read by pyarrow where it can be
+    (see the module docstring)."""
+    if _encoding(source) != "utf-8-sig":
+        yield from _python_jsonl_pieces(source, path)
+        return
+    chunks, size = [], 0
+    with open_stream(path) as f:  # (read(PIECE_BYTES) would allocate that much for any file)
+        while size <= PIECE_BYTES and (chunk := f.read(_CHUNK)):
+            chunks.append(chunk)
+            size += len(chunk)
+    data = b"".join(chunks)
+    del chunks
+    if size <= PIECE_BYTES and data.count(b"\n") < PIECE_ROWS:
+        # one piece: read as bytes, normalised as _lines would (no BOM, \r\n as \n)
+        if not data.isascii():
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                yield from _python_jsonl_pieces(source, path)  # refuses the file with where it stops being text
+                return
+        data = data.removeprefix(codecs.BOM_UTF8)
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").removesuffix(b"\r")
+        yield _native_piece(data, 1, path)
+        return
+    del data
+    for lines in _lines(source, path):
+        yield _native_piece("\n".join([line for _, line in lines]).encode("utf-8"), lines[0][0], path)
+
+
+#: lines of JSON-lines files read by pyarrow ("native") and by json.loads ("python") in this process: how
+#: much of a load took the fast path (the property test and the benchmark read it)
+JSONL_LINES: Counter[str] = Counter()
+#: lines pyarrow may be handed for one piece, as a multiple of the piece's lines (a run it refuses is read
+#: again in parts; each read also counts MIN_RUN lines for its fixed cost); past that the piece's
+#: remaining lines are read in Python
+NATIVE_BUDGET = 3
+#: a run of fewer lines is read in Python: a pyarrow read costs about what json.loads of ~100 lines does
+MIN_RUN = 128
+_ERROR_ROW = re.compile(r" in row (\d+)$")
+
+
+def _native_piece(data: bytes, first: int, path: str) -> Piece:
+    """One piece's lines (UTF-8, joined by \\n, numbered from `first`) as `_python_lines` gives them.
+
+    Runs of lines shaped like one object each (`{` ... `}`) go to pyarrow; a run it refuses is split at the
+    row its error names, a run it reads but cannot give exactly at the rows it cannot give (see
+    `_native_run`): those lines are read in Python, the lines between them natively again (after an
+    error, in blocks about twice as long as the stretch before it). Other lines (blank, broken, not
+    objects) and runs shorter than MIN_RUN are read in Python. The parts' tables are joined with their
+    columns in the order first met, as `text_table` has them."""
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    starts = np.concatenate(([0], ends + 1))
+    ends = np.append(ends, len(data))
+    shaped = ends > starts
+    shaped[shaped] = (buf[starts[shaped]] == ord("{")) & (buf[ends[shaped] - 1] == ord("}"))
+    cuts = [0, *(np.flatnonzero(np.diff(shaped.astype(np.int8))) + 1).tolist(), len(starts)]
+    todo = [(i, j, bool(shaped[i])) for i, j in zip(cuts, cuts[1:], strict=False)][::-1]
+    parts: list[Piece] = []
+    python: list[int] = []  # the run of lines waiting to be read in Python: [first, end)
+    budget = NATIVE_BUDGET * len(starts)
+    while todo:
+        i, j, native = todo.pop()
+        if native and j - i >= MIN_RUN and j - i + MIN_RUN <= budget:
+            budget -= j - i + MIN_RUN
+            try:
+                got = _native_run(data[starts[i] : ends[j - 1]], first + i, j - i, path)
+            except MemoryError:
+                raise
+            except Exception:  # noqa: BLE001 - whatever pyarrow could not do, Python does
+                got = None
+            if isinstance(got, tuple):
+                if python:
+                    parts.append(_python_part(data, starts, ends, python, first, path))
+                    python = []
+                JSONL_LINES["native"] += j - i
+                parts.append(got)
+                continue
+            if got:  # these rows cannot be read natively: they go to Python, the runs between them back here
+                split: list[tuple[int, int, bool]] = []
+                for a, b in zip([-1, *got], [*got, j - i], strict=True):
+                    if b - a > 1:
+                        split.extend(
+                            _blocks(i + a + 1, i + b, max(MIN_RUN, 2 * (a + 1))) if a >= 0 else [(i, i + b, True)]
+                        )
+                    if b < j - i:
+                        split.append((i + b, i + b + 1, False))
+                todo.extend(split[::-1])
+                continue
+        python = [python[0] if python else i, j]
+    if python:
+        parts.append(_python_part(data, starts, ends, python, first, path))
+    return _joined(parts)
+
+
+def _blocks(i: int, j: int, size: int) -> list[tuple[int, int, bool]]:
+    """Lines i..j as native runs of `size` lines (the last one longer rather than short)."""
+    cuts = list(range(i, j, size))
+    if len(cuts) > 1 and j - cuts[-1] < MIN_RUN:
+        cuts.pop()
+    return [(a, b, True) for a, b in zip(cuts, [*cuts[1:], j], strict=True)]
+
+
+def _python_part(data: bytes, starts: np.ndarray, ends: np.ndarray, run: list[int], first: int, path: str) -> Piece:
+    """Lines run[0]..run[1] read by json.loads; an error is raised as the whole piece read in Python raises it."""
+    i, j = run
+    if not (ends[i:j] > starts[i:j]).any():
+        return pa.table({}), []  # empty lines (the one after the last \\n): nothing, as in Python
+    text = data[starts[i] : ends[j - 1]].decode("utf-8").split("\n")
+    try:
+        return _python_lines(list(zip(range(first + i, first + j), text, strict=True)), path)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - raised word for word as the whole piece read in Python raises it
+        return _python_lines(list(enumerate(data.decode("utf-8").split("\n"), start=first)), path)
+
+
+def _joined(parts: list[Piece]) -> Piece:
+    """Consecutive parts of one piece as one: columns in the order first met, absent ones null."""
+    parts = [p for p in parts if p[0].num_rows or p[1]] or [(pa.table({}), [])]
+    if len(parts) == 1:
+        return parts[0]
+    names: dict[str, None] = {}
+    for table, _ in parts:
+        names.update(dict.fromkeys(table.column_names))
+
+    def column(table: pa.Table, name: str) -> list[pa.Array]:
+        return table.column(name).chunks if name in table.column_names else [pa.nulls(table.num_rows, pa.string())]
+
+    columns = {n: pa.chunked_array([c for t, _ in parts for c in column(t, n)], pa.string()) for n in names}
+    return pa.table(columns).combine_chunks(), [r for _, rejected in parts for r in rejected]
+
+
+def _native_run(data: bytes, first: int, rows: int, path: str) -> Piece | list[int] | None:
+    """`rows` lines (each `{`...`}`) read by pyarrow.json, every value as `text_table` would write it.
+
+    Returns the piece, or the rows pyarrow cannot give exactly (its parse error's row; nested values;
+    non-finite numbers; integral numbers of 2**53 or more, which may have been integers beyond int64 or
+    mixed with floats), or None when the run is better read in Python whole."""
+    import pyarrow.json as pj
+
+    end = data.find(b"\n")
+    try:
+        head = json.loads((data if end < 0 else data[:end]).decode("utf-8"))
+    except (ValueError, RecursionError):
+        return [0]
+    if not isinstance(head, dict) or LOCATION in head:
+        return [0]
+
+    def read(strings: list[str]) -> pa.Table | list[int] | None:
+        # one block, one thread: columns in the order pyarrow meets them, errors name the row
+        try:
+            return pj.read_json(
+                pa.BufferReader(data),
+                read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
+                parse_options=pj.ParseOptions(
+                    explicit_schema=pa.schema([(n, pa.string()) for n in strings]), unexpected_field_behavior="infer"
+                ),
+            )
+        except MemoryError:
+            raise
+        except pa.ArrowException as exc:
+            found = _ERROR_ROW.search(str(exc))
+            return [int(found.group(1))] if found and int(found.group(1)) < rows else None
+
+    # the first line's strings are read as strings (pyarrow would make timestamps of some)
+    strings = [k for k, v in head.items() if isinstance(v, str)]
+    table = read(strings)
+    if not isinstance(table, pa.Table):
+        return table
+    names = table.column_names
+    if table.num_rows != rows or len(set(names)) != len(names) or LOCATION in names or not set(head) <= set(names):
+        return None  # a line held more than one object, or keys pyarrow and json.loads tell apart differently
+    # explicit columns come first: the first line's keys in its order, then the others as pyarrow met them
+    order = [*head, *(n for n in names if n not in head)]
+    dated = [n for n in names if pa.types.is_temporal(table.schema.field(n).type)]
+    if dated:
+        table = read([*strings, *dated])
+        if not isinstance(table, pa.Table) or table.num_rows != rows:
+            return None
+    columns, bad = [], np.zeros(rows, bool)
+    for n in order:
+        text = _text_column(table.column(n))
+        if text is None:
+            return None
+        if isinstance(text, np.ndarray):
+            bad |= text
+        columns.append(text)
+    if bad.any():
+        return np.flatnonzero(bad).tolist()
+    where = _locations(path, np.arange(first, first + rows))
+    columns.insert(len(head), where)
+    return pa.Table.from_arrays(columns, names=[*order[: len(head)], LOCATION, *order[len(head) :]]), []
+
+
+def _text_column(col: pa.ChunkedArray) -> pa.Array | np.ndarray | None:
+    """A column pyarrow read, as text exactly as `text_table` writes each value; or a mask of the rows it
+    cannot write (nested values, non-finite or too large numbers), or None (a type it does not know)."""
+    kind, col = col.type, col.combine_chunks()
+    if pa.types.is_string(kind):
+        return col
+    if pa.types.is_null(kind):
+        return pa.nulls(len(col), pa.string())
+    if pa.types.is_boolean(kind):
+        return pc.if_else(col, "true", "false")
+    if pa.types.is_int64(kind):
+        return pc.cast(col, pa.string())
+    if pa.types.is_nested(kind):
+        return pc.is_valid(col).to_numpy(zero_copy_only=False)
+    if not pa.types.is_float64(kind):
+        return None
+    values = col.to_numpy(zero_copy_only=False)
+    valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
+    size = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        integral = valid & (np.floor(values) == values)
+    bad = valid & (~np.isfinite(values) | (integral & (size >= 2**53)))
+    if bad.any():
+        return bad
+    # pyarrow writes the shortest digits, as Python does, and an integral value without ".0" (101.0 is
+    # 101: a JSON number is a number), but it switches to an exponent elsewhere and writes -0.0 as -0: its
+    # text is kept where it wrote no exponent and Python would write none (1e-4 <= |x| < 1e16)
+    text = pc.cast(col, pa.string())
+    exponent = pc.fill_null(pc.match_substring(text, "e"), False).to_numpy(zero_copy_only=False)
+    whole = integral & (exponent | (values == 0))
+    if whole.any():
+        ints = pc.cast(pc.cast(pa.array(values[whole]), pa.int64()), pa.string())
+        text = pc.replace_with_mask(text, pa.array(whole), ints)
+    python = valid & ~integral & (exponent | (size < 1e-4) | (size >= 1e16))
+    if python.any():
+        floats = pa.array([repr(float(v)) for v in values[python]], pa.string())
+        text = pc.replace_with_mask(text, pa.array(python), floats)
+    return text
 
 
 def _json_document(source: Source, path: str) -> Piece:
