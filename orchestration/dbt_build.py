@@ -132,8 +132,11 @@ def expression_problem(mapping: str) -> str | None:
     return None
 
 
-def render_staging(source: Source) -> str:
-    """The generated staging model of a source that feeds a conformed entity."""
+def render_staging(source: Source, prune: bool = True) -> str:
+    """The generated staging model of a source that feeds a conformed entity.
+
+    With `prune` (see window_prunable), a build of a window of days (not every day) dedups only the
+    keys that have a version dated in the window (render_window_versions)."""
     entity: Entity = ENTITIES[source.feeds]
     key = key_sql(_quote(k) for k in source.primary_key)
     key_columns = ", ".join(_quote(k) for k in source.primary_key)
@@ -207,11 +210,11 @@ with source as (
 
 ),
 
-latest as (
+{render_window_versions(source, entity) if prune else _ALL_VERSIONS}latest as (
 
     -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
     -- copies loaded at one instant (two files of one run): the one from the later file path
-    select * from source
+    select * from versions
     qualify row_number() over (
         partition by {key_columns} order by _ingested_at desc, _source_file desc nulls last
     ) = 1
@@ -257,6 +260,76 @@ final as (
 )
 
 select * from final
+"""
+
+
+_ALL_VERSIONS = """versions as (
+
+    select * from source
+
+),
+
+"""
+
+
+def window_prunable(entity: Entity, rule: Deduplicate | None) -> bool:
+    """Whether a window build may read only the keys dated in the window for the entity's sources.
+
+    Without a `deduplicate:` rule each record's outcome depends on its key's versions only. With one,
+    a record's `duplicate_of` depends on the other records of its match group; the group lies within
+    one day when the rule matches on the entity's time column (equal times, equal days: the group is
+    whole in the window or wholly outside it), else it may span days and the sources are read whole."""
+    return rule is None or entity.time in rule.match
+
+
+def render_window_versions(source: Source, entity: Entity) -> str:
+    """The `versions` CTE of a staging model: every bronze row, or in a build of a window of days (vars
+    min_date/max_date not every day, see citylake_is_window) only the rows of the keys that have a
+    version whose day (citylake_partition_date of its time column as the model reads it, else of its
+    arrival) is in the window. Every version of such a key is kept (a semi-join, not a filter of rows),
+    so the latest-version dedup sees the same versions as in a full build; a key whose latest version
+    lies outside the window is dropped by the union's exact window filter, as before."""
+    keys = [_quote(k) for k in source.primary_key]
+    time = entity.column(entity.time)
+    raw = ""
+    event_date = "'cast(null as date)'"  # (a Jinja string: the SQL of the event's city-local date)
+    if entity.time in source.columns:
+        raw = f",\n            cast({raw_expression(source.columns[entity.time])} as varchar) as _time__raw"
+        if time.type == "TIMESTAMPTZ":
+            event_date = f"citylake_local_date(citylake_to_utc('_time__raw', '{source.timezone}'))"
+        elif time.type == "DATE":
+            event_date = "'try_cast(_time__raw as DATE)'"
+        else:  # pragma: no cover - every entity's time is a DATE or a TIMESTAMPTZ
+            raise ValueError(f"{entity.name}.{entity.time}: a {time.type} cannot date a partition")
+    day = f"citylake_partition_date({event_date}, '_ingested_at')"
+    on = "\n        and ".join(f"source.{k} is not distinct from window_keys.{k}" for k in keys)
+    return f"""{{% if citylake_is_window() %}}
+window_keys as (
+
+    -- a build of some days reads the keys with a version dated in them (citylake_partitions.sql)
+    select distinct {", ".join(keys)}
+    from (
+        select
+            {", ".join(keys)},
+            _ingested_at{raw}
+        from {{{{ source('bronze_{source.agency}', '{source.name}') }}}}
+    )
+    where {{{{ citylake_window({day}) }}}}
+
+),
+
+versions as (
+
+    -- and every version of those keys: the latest one decides the record's day
+    select source.* from source
+    semi join window_keys
+        on {on}
+
+),
+{{%- else %}}
+{_ALL_VERSIONS.rstrip()}
+{{%- endif %}}
+
 """
 
 
@@ -591,11 +664,15 @@ def _render(cfg: CityConfig, out: Path, final: Path) -> None:
             (out / "models" / "staging" / s.agency).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(hand, out / "models" / "staging" / s.agency / hand.name)
         else:
-            (gen / f"{staging_model_name(s)}.sql").write_text(render_staging(s))
+            (gen / f"{staging_model_name(s)}.sql").write_text(render_staging(s, prunable(cfg, s)))
     unions = out / GENERATED_UNIONS
     unions.mkdir(parents=True, exist_ok=True)
     for name, entity in ENTITIES.items():
         (unions / f"int_{name}__unioned.sql").write_text(render_union(entity, feeding[name], cfg.deduplicate.get(name)))
+
+
+def prunable(cfg: CityConfig, source: Source) -> bool:
+    return window_prunable(ENTITIES[source.feeds], cfg.deduplicate.get(source.feeds))
 
 
 def hand_written_staging(source: Source) -> Path:
@@ -611,7 +688,7 @@ def write_generated(cfg: CityConfig, folder: Path) -> list[Path]:
     for s in cfg.sources:
         if s.feeds and not hand_written_staging(s).exists():
             path = folder / f"{staging_model_name(s)}.sql"
-            path.write_text(render_staging(s))
+            path.write_text(render_staging(s, prunable(cfg, s)))
             written.append(path)
     return written
 

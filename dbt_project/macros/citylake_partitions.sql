@@ -55,3 +55,13 @@
             then '{{ column }} ' || {{ event_date }} || ' is in the future'
     end
 {%- endmacro %}
+
+{% macro citylake_is_window() -%}
+    {#- Whether this build replaces only some days (a window narrower than every day from
+        partitions.start on): the staging models then read only the keys with a version dated in
+        it (orchestration/dbt_build.py, render_window_versions). -#}
+    {{ return(
+        (var("min_date") | string) > (var("partitions_start") | string)
+        or (var("max_date") | string) < "9999-12-31"
+    ) }}
+{%- endmacro %}

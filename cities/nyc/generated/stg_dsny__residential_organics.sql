@@ -6,11 +6,45 @@ with source as (
 
 ),
 
+{% if citylake_is_window() %}
+window_keys as (
+
+    -- a build of some days reads the keys with a version dated in them (citylake_partitions.sql)
+    select distinct "MONTH", "BOROUGH", "COMMUNITYDISTRICT"
+    from (
+        select
+            "MONTH", "BOROUGH", "COMMUNITYDISTRICT",
+            _ingested_at,
+            cast(replace(MONTH, ' / ', '-') || '-01' as varchar) as _time__raw
+        from {{ source('bronze_dsny', 'residential_organics') }}
+    )
+    where {{ citylake_window(citylake_partition_date('try_cast(_time__raw as DATE)', '_ingested_at')) }}
+
+),
+
+versions as (
+
+    -- and every version of those keys: the latest one decides the record's day
+    select source.* from source
+    semi join window_keys
+        on source."MONTH" is not distinct from window_keys."MONTH"
+        and source."BOROUGH" is not distinct from window_keys."BOROUGH"
+        and source."COMMUNITYDISTRICT" is not distinct from window_keys."COMMUNITYDISTRICT"
+
+),
+{%- else %}
+versions as (
+
+    select * from source
+
+),
+{%- endif %}
+
 latest as (
 
     -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
     -- copies loaded at one instant (two files of one run): the one from the later file path
-    select * from source
+    select * from versions
     qualify row_number() over (
         partition by "MONTH", "BOROUGH", "COMMUNITYDISTRICT" order by _ingested_at desc, _source_file desc nulls last
     ) = 1

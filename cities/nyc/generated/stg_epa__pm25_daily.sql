@@ -6,11 +6,48 @@ with source as (
 
 ),
 
+{% if citylake_is_window() %}
+window_keys as (
+
+    -- a build of some days reads the keys with a version dated in them (citylake_partitions.sql)
+    select distinct "County Code", "Site Num", "Sample Duration", "Date Local", "Arithmetic Mean", "1st Max Value"
+    from (
+        select
+            "County Code", "Site Num", "Sample Duration", "Date Local", "Arithmetic Mean", "1st Max Value",
+            _ingested_at,
+            cast("Date Local" as varchar) as _time__raw
+        from {{ source('bronze_epa', 'pm25_daily') }}
+    )
+    where {{ citylake_window(citylake_partition_date(citylake_local_date(citylake_to_utc('_time__raw', 'America/New_York')), '_ingested_at')) }}
+
+),
+
+versions as (
+
+    -- and every version of those keys: the latest one decides the record's day
+    select source.* from source
+    semi join window_keys
+        on source."County Code" is not distinct from window_keys."County Code"
+        and source."Site Num" is not distinct from window_keys."Site Num"
+        and source."Sample Duration" is not distinct from window_keys."Sample Duration"
+        and source."Date Local" is not distinct from window_keys."Date Local"
+        and source."Arithmetic Mean" is not distinct from window_keys."Arithmetic Mean"
+        and source."1st Max Value" is not distinct from window_keys."1st Max Value"
+
+),
+{%- else %}
+versions as (
+
+    select * from source
+
+),
+{%- endif %}
+
 latest as (
 
     -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
     -- copies loaded at one instant (two files of one run): the one from the later file path
-    select * from source
+    select * from versions
     qualify row_number() over (
         partition by "County Code", "Site Num", "Sample Duration", "Date Local", "Arithmetic Mean", "1st Max Value" order by _ingested_at desc, _source_file desc nulls last
     ) = 1

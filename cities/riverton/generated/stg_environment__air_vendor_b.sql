@@ -6,11 +6,44 @@ with source as (
 
 ),
 
+{% if citylake_is_window() %}
+window_keys as (
+
+    -- a build of some days reads the keys with a version dated in them (citylake_partitions.sql)
+    select distinct "station_id", "observed_at"
+    from (
+        select
+            "station_id", "observed_at",
+            _ingested_at,
+            cast("observed_at" as varchar) as _time__raw
+        from {{ source('bronze_environment', 'air_vendor_b') }}
+    )
+    where {{ citylake_window(citylake_partition_date(citylake_local_date(citylake_to_utc('_time__raw', 'America/Chicago')), '_ingested_at')) }}
+
+),
+
+versions as (
+
+    -- and every version of those keys: the latest one decides the record's day
+    select source.* from source
+    semi join window_keys
+        on source."station_id" is not distinct from window_keys."station_id"
+        and source."observed_at" is not distinct from window_keys."observed_at"
+
+),
+{%- else %}
+versions as (
+
+    select * from source
+
+),
+{%- endif %}
+
 latest as (
 
     -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
     -- copies loaded at one instant (two files of one run): the one from the later file path
-    select * from source
+    select * from versions
     qualify row_number() over (
         partition by "station_id", "observed_at" order by _ingested_at desc, _source_file desc nulls last
     ) = 1
