@@ -39,10 +39,10 @@ def test_a_city_s_own_suite_is_read_from_its_folder(tmp_path):
 
 def _generated_staging(config: Path) -> dict[str, str]:
     from orchestration.config import load_config
-    from orchestration.dbt_build import render_staging, staging_model_name
+    from orchestration.dbt_build import prunable, render_staging, staging_model_name
 
     cfg = load_config(config)
-    return {f"{staging_model_name(s)}.sql": render_staging(s) for s in cfg.sources if s.feeds}
+    return {f"{staging_model_name(s)}.sql": render_staging(s, prunable(cfg, s)) for s in cfg.sources if s.feeds}
 
 
 def _committed(city: str) -> dict[str, str]:

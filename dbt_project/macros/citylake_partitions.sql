@@ -1,7 +1,9 @@
 {#- Daily partitions. The time-based models (tag `daily`: the per-entity intermediate models and the
     conformed facts) are incremental: each build replaces the days from var('min_date') to
     var('max_date') (city-local dates; Dagster passes the partition window, a plain `dbt build` takes
-    every day) and keeps the others. Each record's day is its `partition_date`. -#}
+    every day) and keeps the others. Each record's day is its `partition_date`. A build of some days
+    (citylake_is_window) reads into the generated staging models' dedup only the keys with a
+    version dated in them (orchestration/dbt_build.py, render_window_versions). -#}
 
 {% macro citylake_window(column='partition_date') -%}
     {{ column }} between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
@@ -54,4 +56,14 @@
         when {{ event_date }} > {{ citylake_local_today() }}
             then '{{ column }} ' || {{ event_date }} || ' is in the future'
     end
+{%- endmacro %}
+
+{% macro citylake_is_window() -%}
+    {#- Whether this build replaces only some days (a window narrower than every day from
+        partitions.start on): the staging models then read only the keys with a version dated in
+        it (orchestration/dbt_build.py, render_window_versions). -#}
+    {{ return(
+        (var("min_date") | string) > (var("partitions_start") | string)
+        or (var("max_date") | string) < "9999-12-31"
+    ) }}
 {%- endmacro %}
