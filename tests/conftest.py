@@ -35,6 +35,7 @@ os.environ.setdefault("CITYLAKE_PII_KEY", "citylake-tests-pii-key-not-a-secret")
 SLOW_GROUPS = {
     "city_run": 10,
     "test_up_to_date.py": 7,
+    "test_window_pruning.py": 5,
     "test_random_cities.py": 5,
     "test_dedupe.py": 5,
     "test_quality_gates.py": 4,

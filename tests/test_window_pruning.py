@@ -105,15 +105,14 @@ def _harden(seed: int, config: Path) -> tuple[dict, dict[str, str], list[str]]:
         match = [entity.time] if k == 0 else [c for c in spec["columns"] if c != entity.time][:1]
         if k > 1 or not match:
             break
-        # (another source name too: the daily models' post-hook tells records apart by source name and
-        # key, not agency, so two agencies' sources of one name feeding one entity would collide)
+        # (the same source name under another agency: records are told apart by agency, source and key)
         mirror = f"{agency}_mirror"
         rows = _read(root / "drop" / f"{agency}-{name}")
         copy = rows.sample(frac=0.6, random_state=seed)
-        (root / "drop" / f"{mirror}-{name}_copy").mkdir()
-        copy.to_csv(root / "drop" / f"{mirror}-{name}_copy" / "part-0.csv", index=False)
-        cfg["agencies"][mirror] = {f"{name}_copy": {**spec, "path": f"./drop/{mirror}-{name}_copy/*.csv"}}
-        folders[f"{mirror}-{name}_copy"] = folders[f"{agency}-{name}"]
+        (root / "drop" / f"{mirror}-{name}").mkdir()
+        copy.to_csv(root / "drop" / f"{mirror}-{name}" / "part-0.csv", index=False)
+        cfg["agencies"][mirror] = {name: {**spec, "path": f"./drop/{mirror}-{name}/*.csv"}}
+        folders[f"{mirror}-{name}"] = folders[f"{agency}-{name}"]
         cfg["deduplicate"][entity.name] = {"match": match, "prefer": [f"{agency}/{name}"]}
     moved = []
     for folder, col in folders.items():

@@ -23,8 +23,9 @@
     {%- if is_incremental() -%}
         delete from {{ this }}
         where not ({{ citylake_window() }})
-            and source_name || chr(0) || record_key in (
-                select source_name || chr(0) || record_key from {{ this }} where {{ citylake_window() }}
+            and agency || chr(0) || source_name || chr(0) || record_key in (
+                select agency || chr(0) || source_name || chr(0) || record_key from {{ this }}
+                where {{ citylake_window() }}
             )
     {%- endif -%}
 {%- endmacro %}
