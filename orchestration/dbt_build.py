@@ -42,6 +42,20 @@ CITY_SEEDS = ("city_districts", "city_population")
 BOUNDARIES = Path("data") / "city_district_boundaries.parquet"
 
 
+#: the environment variable bounding DuckDB's memory in the pipeline (e.g. 2GB); unset: DuckDB's default,
+#: 80 % of the machine's memory
+MEMORY_LIMIT_ENV = "CITYLAKE_DUCKDB_MEMORY_LIMIT"
+
+
+def duckdb_limits() -> dict[str, str]:
+    """DuckDB settings of the pipeline's warehouse connections (dbt's, the model gates'): with
+    $CITYLAKE_DUCKDB_MEMORY_LIMIT set, at most that much memory, what does not fit spilled to DuckDB's
+    own temporary folder beside the warehouse (<state_dir>/warehouse.duckdb.tmp). Unset: DuckDB's
+    default, which lets its buffers grow to 80 % of the machine's memory."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    return {"memory_limit": limit} if limit else {}
+
+
 @functools.cache
 def unit_factors() -> dict[tuple[str, str], float]:
     """(quantity, source unit) -> factor to the conformed unit, from the unit_conversions seed."""
@@ -641,7 +655,7 @@ def _render(cfg: CityConfig, out: Path, final: Path) -> None:
                     "path": str(cfg.state_dir / "warehouse.duckdb"),
                     "threads": 1,
                     "plugins": [{"module": "delta"}],
-                    "settings": {"TimeZone": "UTC"},
+                    "settings": {"TimeZone": "UTC", **duckdb_limits()},
                 }
             },
         }

@@ -738,10 +738,12 @@ def _read_only_when_free(database: Path, wait_s: float | None = None):
 
     import duckdb
 
+    from orchestration.dbt_build import duckdb_limits
+
     deadline = time.monotonic() + (WAREHOUSE_WAIT_S if wait_s is None else wait_s)
     while True:
         try:
-            return duckdb.connect(str(database), read_only=True)
+            return duckdb.connect(str(database), read_only=True, config=duckdb_limits())
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise

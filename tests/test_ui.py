@@ -5,6 +5,7 @@ mart assets on it. The screenshot goes to test-output/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,7 +89,19 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, CityRun]
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            pass
+        # `citylake dev` may be gone while its webserver, daemon and code servers still shut down (one
+        # outlived a suite run): whatever of its process group is left after 15 s is killed
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         log.close()
 
 
