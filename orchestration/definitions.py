@@ -12,12 +12,11 @@ from pathlib import Path
 
 import dagster as dg
 
-import orchestration.instance_storage  # noqa: F401 - SQLite instance storage without fsync per event
+from orchestration.instance_storage import bounded_bookkeeping  # also: SQLite storage without fsync per event
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-# one "planned" event per asset for a run over many days (see orchestration.cli.bounded_bookkeeping)
-os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+bounded_bookkeeping()
 
 defs = dg.Definitions.merge(
     dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
