@@ -214,6 +214,7 @@ def run_assets(
 
     from orchestration import up_to_date
     from orchestration.definitions import defs
+    from orchestration.defs.transform.assets import dbt_reference
     from orchestration.partitions import data_days, full_range, range_tags
     from orchestration.progress import progress_logger
     from orchestration.run_recovery import process_tags, recover_abandoned_runs
@@ -284,6 +285,9 @@ def run_assets(
                 return execute(keys, days)[0]
             if not daily:  # an unpartitioned city: its loads, then everything else
                 before = {k for k in keys if k.path[0] == "bronze"}
+            # the reference data is computed from the definition alone: kept as built when that is unchanged
+            kept = set() if rebuild or not up_to_date.reference_built(cfg) else set(dbt_reference.keys) & keys
+            before -= kept
             ok, failed = True, set()
             if before:
                 ok, failed = execute(before, {})
@@ -304,7 +308,7 @@ def run_assets(
             if failed:
                 guarded = dg.AssetSelection.assets(*failed).downstream().required_multi_asset_neighbors()
                 blocked = set(guarded.resolve(graph))
-            rest = keys - before - blocked
+            rest = keys - before - kept - blocked
             if not rest:
                 return ok
             if daily:  # the days the new loads touched, or (no usable record) every day the data covers

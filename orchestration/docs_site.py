@@ -7,7 +7,8 @@ catalog.json and dbt's index.html under `<state_dir>/docs/dbt/`) and serves, fro
     /                          an index of everything below
     /dbt/                      the dbt docs site (models, columns, lineage)
     /data-docs/                the GX Data Docs: an index of every validation page, newest first
-    /data-docs/<asset>/<run>.html   one validation of one asset (what a Dagster asset check links)
+    /data-docs/<asset>/<run>.html   one validation of one asset (what a Dagster asset check links;
+                               a passing validation's page is rendered by GX on its first request)
     /report/indicator_report.html   the indicator report published beside the catalog
 
 `citylake dev` starts the same server beside the Dagster UI, and the UI links the report and each
@@ -145,11 +146,14 @@ def offline_data_docs(page: str, home: str) -> str:
 
 
 def data_docs_pages(folder: Path) -> list[tuple[str, Path]]:
-    """(asset key, page) for every Data Docs page, newest first."""
+    """(asset key, page) for every validation, newest first: its page, or, for a passing validation not
+    read yet, the page it renders into when asked for (quality.data_docs)."""
     if not folder.is_dir():
         return []
-    pages = [(p.parent.name.replace(".", "/"), p) for p in folder.glob("*/*.html")]
-    return sorted(pages, key=lambda kp: kp[1].stat().st_mtime, reverse=True)
+    found = {p: p.stat().st_mtime for p in folder.glob("*/*.html")}
+    found.update({p.with_suffix(".html"): p.stat().st_mtime for p in folder.glob("*/*.json")})
+    pages = [(p.parent.name.replace(".", "/"), p) for p in sorted(found, key=found.__getitem__, reverse=True)]
+    return pages
 
 
 def _page(title: str, body: str) -> str:
@@ -165,7 +169,8 @@ def data_docs_index(folder: Path) -> str:
     """The Data Docs index: every validation page by asset, newest first, links relative to `folder`."""
     rows = []
     for key, page in data_docs_pages(folder):
-        when = dt.datetime.fromtimestamp(page.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = (page if page.exists() else page.with_suffix(".json")).stat().st_mtime
+        when = dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         href = f"{page.parent.name}/{page.name}"
         rows.append(
             f"<tr><td>{html.escape(key)}</td><td>{when}</td>"
@@ -224,8 +229,11 @@ def build_dbt_docs(cfg: CityConfig) -> Path:
 def build(cfg: CityConfig) -> Path:
     """The dbt docs, the Data Docs made readable offline, and the indexes; returns the site folder."""
     build_dbt_docs(cfg)
+    from orchestration.quality import render_data_docs
+
     folder = data_docs_dir(cfg)
     for _, page in data_docs_pages(folder):
+        render_data_docs(page)
         text = page.read_text(encoding="utf-8")
         fixed = offline_data_docs(text, "../index.html")
         if fixed != text:
@@ -258,6 +266,11 @@ class _Handler(SimpleHTTPRequestHandler):
                 self.end_headers()
                 return None
             return self._html(data_docs_index(data_docs_dir(self.cfg)))
+        if path.startswith("/data-docs/") and path.endswith(".html"):
+            from orchestration.quality import render_data_docs
+
+            # a passing validation's page is rendered when first asked for (quality.data_docs)
+            render_data_docs(Path(self.translate_path(path)))
         return super().do_GET()
 
     def _html(self, text: str) -> None:

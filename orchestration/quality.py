@@ -35,8 +35,9 @@ import functools
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -495,7 +496,42 @@ def _patch_result(result: Any, outcomes: list[ExpectationOutcome]) -> None:
 
 
 def data_docs(outcome: SuiteOutcome, path: Path) -> Path | None:
-    """GX Data Docs (HTML) of one validation run, rendered by GX from its validation result."""
+    """The GX Data Docs page (HTML) of one validation run at `path`, rendered by GX from its validation
+    result. A failed validation (the page an engineer opens next) is rendered now. A passing one is
+    written as its outcome (`path` with `.json`, a few KB) and rendered from it when first asked for
+    (`render_data_docs`: the docs server does it on request, `citylake docs` for every pending page):
+    importing GX's renderer and rendering every gate's page costs seconds on each run, for pages
+    rarely read. Either way the page is GX's, from the same validation result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if outcome.success and outcome.gx_result is None:
+        pending = path.with_suffix(".json")
+        tmp = pending.with_suffix(".json.tmp")
+        record = {f: getattr(outcome, f) for f in ("suite", "rows", "table_rows", "scope")}
+        record["expectations"] = [asdict(e) for e in outcome.expectations]
+        tmp.write_text(json.dumps(record, default=str), encoding="utf-8")
+        tmp.replace(pending)
+        return path
+    _write_data_docs(outcome, path)
+    return path
+
+
+def render_data_docs(path: Path) -> bool:
+    """Render the Data Docs page `path` from its pending outcome (see `data_docs`) when it is not
+    rendered yet; False when there is no such validation."""
+    pending = path.with_suffix(".json")
+    if path.is_file():
+        return True
+    try:
+        record = json.loads(pending.read_text(encoding="utf-8"))
+    except FileNotFoundError:  # no such validation, or another request rendered it just now
+        return path.is_file()
+    record["expectations"] = [ExpectationOutcome(**e) for e in record["expectations"]]
+    _write_data_docs(SuiteOutcome(**record), path)
+    pending.unlink(missing_ok=True)
+    return True
+
+
+def _write_data_docs(outcome: SuiteOutcome, path: Path) -> None:
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
@@ -503,10 +539,11 @@ def data_docs(outcome: SuiteOutcome, path: Path) -> Path | None:
 
     result = outcome.gx_result or gx_result(outcome)
     html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # readable with no network; Home goes to the Data Docs index beside the page's folder
-    path.write_text(offline_data_docs(html, "../index.html"), encoding="utf-8")
-    return path
+    # readable with no network; Home goes to the Data Docs index beside the page's folder; written
+    # whole (a reader never sees half a page)
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(offline_data_docs(html, "../index.html"), encoding="utf-8")
+    tmp.replace(path)
 
 
 def gx_result(outcome: SuiteOutcome) -> Any:

@@ -14,8 +14,10 @@ complete run computed it from:
 
 When all are equal, the models, indicators and publication are already what this run would make
 of them: the run says so and stops after its loads, in seconds. `citylake run --rebuild` runs them
-anyway. When only the loads differ, a partitioned city rebuilds only the days the newly loaded rows
-fall on (and the days that became the past since), not every day the data covers; a record deleted
+anyway. When only the loads differ, the reference data (seeds, districts, population, categories:
+computed from the definition alone) is left as that run built it, and a partitioned city rebuilds
+only the days the newly loaded rows fall on (and the days that became the past since), not every
+day the data covers; a record deleted
 at its source (gone from a snapshot or a re-delivered file) leaves its day as built until that day is
 rebuilt (`--rebuild`, or `--from/--to`). The record (`<state_dir>/last_complete_run.json`) is
 written only after a run in which every step and check succeeded, so a failed or killed run is
@@ -67,23 +69,39 @@ def fingerprint(cfg: CityConfig) -> dict[str, Any]:
         table = open_table(uri)
         return None if table is None else table.version()
 
-    definition = [
-        cfg.path,
-        cfg.boundaries,
-        cfg.population,
-        *cfg.reference_data.values(),
-        cfg.base_dir / "expectations",
-        cfg.base_dir / "staging",
-        *_CODE,
-    ]
     return {
         "today": today(cfg).isoformat(),
         "tables": {
             s.key: [version(bronze_uri(cfg, s.agency, s.name)), version(quarantine_uri(cfg, s.agency, s.name))]
             for s in cfg.sources
         },
-        "definition": _files_digest(definition),
+        "definition": _definition(cfg),
     }
+
+
+def _definition(cfg: CityConfig) -> str:
+    """Digest of the files that define the computation (city.yaml, boundaries, population, reference
+    data, the city's suites and staging models, citylake's code)."""
+    return _files_digest(
+        [
+            cfg.path,
+            cfg.boundaries,
+            cfg.population,
+            *cfg.reference_data.values(),
+            cfg.base_dir / "expectations",
+            cfg.base_dir / "staging",
+            *_CODE,
+        ]
+    )
+
+
+def reference_built(cfg: CityConfig) -> bool:
+    """Whether the reference data in the warehouse (seeds, districts, population, categories: the models
+    computed from the definition alone, never from a load) is as the last complete run built it: that
+    run used the same definition and the warehouse is still there. A plain run then leaves them as they
+    are instead of rebuilding them (one dbt build fewer on a new day)."""
+    record = last_complete(cfg)
+    return bool(record and record["fingerprint"].get("definition") == _definition(cfg) and _outputs_present(cfg))
 
 
 def _outputs_present(cfg: CityConfig) -> bool:

@@ -146,3 +146,43 @@ def test_the_ui_links_report_and_data_docs_over_http(served) -> None:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/(report|data-docs)/.+\.html", url), url
         path = url.split("/", 3)[3]
         assert get(f"{base}/{path}")[0] == 200
+
+
+def test_a_passing_validation_is_rendered_when_first_asked_for(tmp_path) -> None:
+    """A passing gate keeps its outcome (JSON), a failed one its GX page at once; the docs server renders
+    the pending page on its first request (GX's page, the same counts), then serves the file."""
+    from orchestration import docs_site
+    from orchestration.config import load_config
+    from orchestration.quality import ExpectationOutcome, SuiteOutcome, data_docs
+    from tests.test_up_to_date import brookfield
+
+    cfg = load_config(brookfield(tmp_path) / "city.yaml")
+    folder = docs_site.data_docs_dir(cfg) / "bronze.police.crashes"
+
+    def outcome(unexpected: int) -> SuiteOutcome:
+        exp = ExpectationOutcome(
+            "expect_column_values_to_not_be_null", {"column": "CrashNo"}, element_count=41,
+            unexpected_count=unexpected, is_map=True,
+        )
+        exp.judge()
+        return SuiteOutcome("bronze.police.crashes", 41, [exp], scope="rows loaded by run r1")
+
+    passing = data_docs(outcome(0), folder / "run-pass.html")
+    failing = data_docs(outcome(7), folder / "run-fail.html")
+    assert not passing.exists() and passing.with_suffix(".json").is_file()
+    assert "Great Expectations" in failing.read_text() and not failing.with_suffix(".json").exists()
+
+    httpd = docs_site.serve_in_background(cfg, free_port())
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        index = get(base + "/data-docs/")[2].decode()
+        assert "bronze.police.crashes/run-pass.html" in index and "bronze.police.crashes/run-fail.html" in index
+        status, _, body = get(base + "/data-docs/bronze.police.crashes/run-pass.html")
+        page = body.decode()
+        assert status == 200 and "Expectation Validation Result" in page and "bronze.police.crashes" in page
+        assert "CrashNo" in page and "41" in page
+        assert passing.read_text() == page and not passing.with_suffix(".json").exists()
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            get(base + "/data-docs/bronze.police.crashes/run-none.html")
+    finally:
+        httpd.shutdown()

@@ -21,6 +21,7 @@ from tests.conftest import citylake
 from tests.test_quickstart import quick_start
 
 NOTHING_NEW = "Nothing new since the complete run"
+REFERENCE = "materialized reference/city_districts"
 
 
 def deaths(catalog: Path) -> dict[tuple[str, str], float]:
@@ -66,13 +67,17 @@ def test_a_run_with_nothing_new_stops_after_its_loads(tmp_path: Path) -> None:
     )
     newer = citylake("run", config=config)
     assert NOTHING_NEW not in newer.stdout
+    # the reference data is computed from the definition alone, which did not change: left as built
+    assert REFERENCE in first.stderr and REFERENCE not in newer.stderr, newer.stderr
+    assert "materialized conformed/fct_road_collisions" in newer.stderr
     assert deaths(catalog)[("CITY", "2025-03-01")] == 1 and deaths(catalog)[("E", "2025-03-01")] == 1
     assert json.loads(record.read_text())["fingerprint"]["tables"]["police/crashes"][0] == bronze_version + 1
     assert NOTHING_NEW in citylake("run", config=config).stdout
 
     # 3. city.yaml changed (what defines the models), with the same data: everything runs
     config.write_text(config.read_text().replace("name: Brookfield", "name: Brookfield Town"))
-    assert NOTHING_NEW not in citylake("run", config=config).stdout
+    changed = citylake("run", config=config)
+    assert NOTHING_NEW not in changed.stdout and REFERENCE in changed.stderr, changed.stderr
     assert NOTHING_NEW in citylake("run", config=config).stdout
 
     # 4. --rebuild, asked for
@@ -117,6 +122,11 @@ def test_a_partitioned_city_rebuilds_only_the_days_its_new_loads_touched(tmp_pat
     # the new row's day, a day of margin each side: not through today, since the last run was today too
     margin = dt.timedelta(days=1)
     assert f"Daily partitions {day - margin}..{day + margin}: " in second.stdout, second.stdout
+    assert REFERENCE in first.stderr and REFERENCE not in second.stderr
+    # the window reaches dbt in its environment, so dbt keeps its parsed project (a changed --vars would
+    # make it parse everything again); the run's dbt log is the newest
+    log = max((city / ".citylake" / "logs").glob("run-*.log"), key=lambda p: p.stat().st_mtime).read_text()
+    assert "Found " in log and "Unable to do partial parsing" not in log, log[:2000]
     after = deaths(city / "lake" / "catalog.duckdb")
     month = day.replace(day=1).isoformat()
     assert after[("E", month)] == before.get(("E", month), 0) + 1

@@ -1,12 +1,23 @@
 {#- Daily partitions. The time-based models (tag `daily`: the per-entity intermediate models and the
-    conformed facts) are incremental: each build replaces the days from var('min_date') to
-    var('max_date') (city-local dates; Dagster passes the partition window, a plain `dbt build` takes
-    every day) and keeps the others. Each record's day is its `partition_date`. A build of some days
+    conformed facts) are incremental: each build replaces the days from min_date to max_date
+    (city-local dates, citylake_window_bound: Dagster passes the partition window, a plain `dbt build`
+    takes every day) and keeps the others. Each record's day is its `partition_date`. A build of some days
     (citylake_is_window) reads into the generated staging models' dedup only the keys with a
     version dated in them (orchestration/dbt_build.py, render_window_versions). -#}
 
+{% macro citylake_window_bound(which) -%}
+    {#- 'min_date' or 'max_date' of this build. Dagster passes its partition window in the environment
+        (CITYLAKE_MIN_DATE, CITYLAKE_MAX_DATE), read only when executing: dbt keeps its parsed project
+        across builds of different windows (a changed --vars makes every build parse the whole project
+        again, seconds each). A plain `dbt build` takes the vars (`--vars`, else every day). -#}
+    {%- if execute -%}
+        {{ return(env_var('CITYLAKE_' ~ (which | upper), var(which))) }}
+    {%- endif -%}
+    {{ return(var(which)) }}
+{%- endmacro %}
+
 {% macro citylake_window(column='partition_date') -%}
-    {{ column }} between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    {{ column }} between date '{{ citylake_window_bound("min_date") }}' and date '{{ citylake_window_bound("max_date") }}'
 {%- endmacro %}
 
 {% macro citylake_delete_window() -%}
@@ -64,7 +75,7 @@
         partitions.start on): the staging models then read only the keys with a version dated in
         it (orchestration/dbt_build.py, render_window_versions). -#}
     {{ return(
-        (var("min_date") | string) > (var("partitions_start") | string)
-        or (var("max_date") | string) < "9999-12-31"
+        (citylake_window_bound("min_date") | string) > (var("partitions_start") | string)
+        or (citylake_window_bound("max_date") | string) < "9999-12-31"
     ) }}
 {%- endmacro %}
