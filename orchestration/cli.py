@@ -56,6 +56,13 @@ def _load(config: str | None) -> CityConfig:
 
     bounded_bookkeeping()
     demo_pii_key(cfg, create=False)
+    from orchestration import workers
+
+    try:
+        if workers.uses_workers():  # the code location would fail on it at import, less clearly
+            workers.celery_config()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     return cfg
 
 
@@ -647,7 +654,7 @@ def _serve_docs_beside_ui(cfg: CityConfig) -> None:
     click.echo(f"Report and Data Docs: http://127.0.0.1:{docs_site.docs_port()}/ (dbt docs: citylake docs --no-serve)")
 
 
-@main.command(short_help="a Celery worker that runs steps (CITYLAKE_EXECUTOR=celery)")
+@main.command(short_help="a Celery worker that runs the steps of runs")
 @CONFIG_OPTION
 @click.option(
     "--queue",
@@ -662,14 +669,10 @@ def _serve_docs_beside_ui(cfg: CityConfig) -> None:
 def worker(config: str | None, queues: tuple[str, ...], concurrency: int | None, name: str | None) -> None:
     """Run a Celery worker that executes the steps of citylake runs (dagster-celery's worker, started
     with orchestration/instance/celery.yaml and this city's config and Dagster instance)."""
-    cfg = _load(config)
     from orchestration import workers
 
     os.environ[workers.EXECUTOR_ENV] = "celery"  # the code location this worker loads defines the same executor
-    try:
-        workers.celery_config()
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = _load(config)  # and checks the Celery settings
     queues = queues or (workers.DEFAULT_QUEUE, *sorted({workers.agency_queue(s.agency) for s in cfg.sources}))
     if workers.WAREHOUSE_QUEUE in queues and concurrency != 1:
         if concurrency is not None:

@@ -334,3 +334,36 @@ def test_a_worker_killed_during_a_load_is_replaced_and_no_row_is_lost_or_duplica
         assert len(celery) == len(inproc) > 0 and celery == inproc, (agency, source)
     calls = read_table(str(runs.celery.parent / "lake" / "bronze" / "contact" / "calls")).column("ticket").to_pylist()
     assert sorted(calls) == ["1", "2", "3", "4"]
+
+
+def _refused(tmp_path: Path, env: dict[str, str], *args: str) -> str:
+    """`citylake ARGS` on a small city, with `env` instead of the executor settings of the environment:
+    it must exit 1 before starting anything; returns what it printed."""
+    (tmp_path / "city").mkdir(parents=True)
+    config = write_city(tmp_path / "city")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CITYLAKE_EXECUTOR", "CITYLAKE_CELERY"))}
+    proc = subprocess.run(
+        [str(BIN / "citylake"), *args, "--config", str(config)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    return proc.stderr
+
+
+def test_the_executor_settings_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    err = _refused(tmp_path, {"CITYLAKE_EXECUTOR": "dask"}, "check")
+    assert "CITYLAKE_EXECUTOR='dask': expected one of in_process, celery" in err
+    # a worker without a broker URL says which variable
+    err = _refused(tmp_path / "w", {}, "worker")
+    assert "CITYLAKE_EXECUTOR=celery needs CITYLAKE_CELERY_BROKER, the broker's URL" in err
+
+
+def test_the_warehouse_queue_takes_one_worker_process(tmp_path: Path) -> None:
+    err = _refused(
+        tmp_path, {"CITYLAKE_CELERY_BROKER": "amqp://guest@127.0.0.1:5672//"}, "worker", "-q", "warehouse", "-c", "2"
+    )
+    assert "--queue warehouse: the DuckDB warehouse takes one process" in err
