@@ -150,6 +150,8 @@ class Runs:
     queues: dict[str, str] = field(default_factory=dict)
     #: step key -> the process ids of its STEP_SUCCESS events
     successes: dict[str, list[int]] = field(default_factory=dict)
+    #: step key -> (its first STEP_START, its last STEP_SUCCESS), as timestamps
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _read_instance(runs: Runs) -> None:
@@ -171,6 +173,9 @@ def _read_instance(runs: Runs) -> None:
                     runs.queues[entry.step_key] = message.rsplit('to queue "', 1)[1].rstrip('".')
                 elif event.event_type_value == "STEP_SUCCESS":
                     runs.successes.setdefault(entry.step_key, []).append(event.pid)
+                    runs.spans[entry.step_key] = (runs.spans[entry.step_key][0], entry.timestamp)
+                elif event.event_type_value == "STEP_START" and entry.step_key not in runs.spans:
+                    runs.spans[entry.step_key] = (entry.timestamp, entry.timestamp)
     finally:
         instance.dispose()
 
@@ -314,6 +319,17 @@ def test_each_agencys_loads_go_to_its_queue_and_warehouse_steps_to_the_one_wareh
     # the bronze gates read only the lake: the default queue, any worker
     assert runs.queues["bronze__contact__calls_gx_suite"] == "dagster"
     assert set(runs.queues.values()) == {"dagster", "warehouse", *(f"agency.{s.split('__')[1]}" for s in loads)}
+
+
+def test_the_lake_writes_pool_holds_across_workers(runs: Runs) -> None:
+    """Two workers consume every agency's queue, but the bronze loads take the `lake_writes` pool (one
+    step at a time by default): the run process claims the slot in the shared instance before it
+    submits a load, so no two loads ran at once, the killed one included (its slot stayed taken)."""
+    loads = sorted(
+        (runs.spans[step] for step in runs.queues if runs.queues[step].startswith("agency.")), key=lambda s: s[0]
+    )
+    assert len(loads) == 3
+    assert all(earlier[1] <= later[0] for earlier, later in zip(loads, loads[1:], strict=False)), loads
 
 
 def test_a_worker_killed_during_a_load_is_replaced_and_no_row_is_lost_or_duplicated(runs: Runs) -> None:
