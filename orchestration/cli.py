@@ -9,6 +9,7 @@ status      each source's last load, rows, freshness and gates; the latest publi
 quarantine  held-back records counted by source and reason, with samples
 listen      subscribe to the MQTT sources and land their messages for ingestion
 dev         open the Dagster UI on this project (and the docs server its links use)
+worker      a Celery worker running steps of citylake runs (CITYLAKE_EXECUTOR=celery; docs/deploy.md)
 docs        build the dbt docs and GX Data Docs and serve them with the report on 127.0.0.1
 publish-open-data  write the indicators and marts as an open-data package (CSV, Parquet, DCAT-AP)
 """
@@ -55,6 +56,13 @@ def _load(config: str | None) -> CityConfig:
 
     bounded_bookkeeping()
     demo_pii_key(cfg, create=False)
+    from orchestration import workers
+
+    try:
+        if workers.uses_workers():  # the code location would fail on it at import, less clearly
+            workers.celery_config()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     return cfg
 
 
@@ -213,12 +221,13 @@ def run_assets(
     import dagster as dg
 
     from orchestration import up_to_date
-    from orchestration.definitions import defs
+    from orchestration.definitions import defs, everything_job
     from orchestration.defs.transform.assets import dbt_reference
     from orchestration.partitions import data_days, full_range, range_tags
     from orchestration.progress import progress_logger
     from orchestration.run_recovery import process_tags, recover_abandoned_runs
     from orchestration.status import indicators_snapshot, run_summary
+    from orchestration.workers import uses_workers
 
     every_first, every_last = full_range(cfg)
     if (first or last) and cfg.partitions_start is None:
@@ -253,6 +262,11 @@ def run_assets(
         f"Running {len(keys)} assets of {cfg.name} through Dagster (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); "
         f"dbt's full log: {log_path}"
     )
+    if uses_workers():
+        click.echo(
+            "Steps run on the Celery workers (CITYLAKE_EXECUTOR=celery): their progress is in the workers' logs "
+            "and the UI; this terminal prints each run's outcome and the summary."
+        )
     # dbt's own lines go to the log file (and to the Dagster UI); the terminal shows one line per asset
     loads = [s for s in cfg.sources if dg.AssetKey(["bronze", s.agency, s.name]) in keys]
     results: list = []
@@ -263,13 +277,24 @@ def run_assets(
 
         def execute(selection: set[dg.AssetKey], tags: dict[str, str]) -> tuple[bool, set[dg.AssetKey]]:
             with contextlib.redirect_stdout(log):
-                result = job.execute_in_process(
-                    instance=instance,
-                    asset_selection=sorted(selection, key=str),
-                    raise_on_error=False,
-                    run_config={"loggers": {"progress": {}}},
-                    tags={**process_tags(), **tags},
-                )
+                if uses_workers():  # this process submits the steps; the workers run them
+                    # Dagster's own log of the run (each step submitted to its queue) goes to the log file
+                    with contextlib.redirect_stderr(log):
+                        result = dg.execute_job(
+                            dg.reconstructable(everything_job),
+                            instance=instance,
+                            asset_selection=sorted(selection, key=str),
+                            raise_on_error=False,
+                            tags={**process_tags(), **tags},
+                        )
+                else:
+                    result = job.execute_in_process(
+                        instance=instance,
+                        asset_selection=sorted(selection, key=str),
+                        raise_on_error=False,
+                        run_config={"loggers": {"progress": {}}},
+                        tags={**process_tags(), **tags},
+                    )
             results.append(result)
             ok, failed = _report(result)
             done = {e.asset_key for e in result.get_asset_materialization_events()}
@@ -631,6 +656,53 @@ def _serve_docs_beside_ui(cfg: CityConfig) -> None:
         )
         return
     click.echo(f"Report and Data Docs: http://127.0.0.1:{docs_site.docs_port()}/ (dbt docs: citylake docs --no-serve)")
+
+
+@main.command(short_help="a Celery worker that runs the steps of runs")
+@CONFIG_OPTION
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    help="a queue to consume (repeat for more): `dagster` (default queue), `warehouse` (dbt, model gates, "
+    "publication: one process), `agency.<agency>` (that agency's loads); default: dagster and every agency's",
+)
+@click.option("--concurrency", "-c", type=int, default=None, help="worker processes (default: one per core)")
+@click.option("--name", "-n", default=None, help="worker name (default: dagster-<random>); @<host> is appended")
+def worker(config: str | None, queues: tuple[str, ...], concurrency: int | None, name: str | None) -> None:
+    """Run a Celery worker that executes the steps of citylake runs (dagster-celery's worker, started
+    with orchestration/instance/celery.yaml and this city's config and Dagster instance)."""
+    from orchestration import workers
+
+    os.environ[workers.EXECUTOR_ENV] = "celery"  # the code location this worker loads defines the same executor
+    cfg = _load(config)  # and checks the Celery settings
+    queues = queues or (workers.DEFAULT_QUEUE, *sorted({workers.agency_queue(s.agency) for s in cfg.sources}))
+    if workers.WAREHOUSE_QUEUE in queues and concurrency != 1:
+        if concurrency is not None:
+            raise click.ClickException(
+                f"--queue {workers.WAREHOUSE_QUEUE}: the DuckDB warehouse takes one process; start this worker "
+                "with --concurrency 1 (other queues in a worker of their own)"
+            )
+        concurrency = 1
+    home = os.environ["DAGSTER_HOME"]
+    # workers started together would each create a new SQLite instance's tables (and fail): one at a time
+    import fcntl
+
+    import dagster as dg
+
+    with open(Path(home) / ".worker-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        dg.DagsterInstance.get().dispose()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}  # dagster-celery runs `celery`
+    # one -q with every queue, comma-separated (Celery's own syntax; dagster-celery refuses more than four -q)
+    args = [str(Path(bin_dir) / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
+    args += ["-y", str(workers.celery_config_path()), "-q", ",".join(queues)]
+    args += ["-n", name] if name else []
+    args += ["--", "--concurrency", str(concurrency)] if concurrency else []
+    click.echo(f"Celery worker for {cfg.name} on queues {', '.join(queues)} (DAGSTER_HOME={home})")
+    os.execve(args[0], args, env)
 
 
 @main.command(short_help="open the Dagster UI on this project")

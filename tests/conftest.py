@@ -42,6 +42,7 @@ SLOW_GROUPS = {
     "test_ui.py": 4,
     "test_hostile_input.py": 3,
     "test_operations.py": 3,
+    "test_workers.py": 2,
     "test_nyc_city.py": 2,
     "test_small_city.py": 2,
     "test_connectors_cli.py": 2,

@@ -14,6 +14,7 @@ from orchestration.entities import domain_of
 from orchestration.ingest import ingest
 from orchestration.lake import bronze_uri, open_table
 from orchestration.progress import progress
+from orchestration.workers import agency_queue, queue_tags
 
 
 def table_metadata(uri: str, rows: int = 5) -> dict[str, dg.MetadataValue]:
@@ -52,6 +53,8 @@ def bronze_asset(source: Source) -> dg.AssetsDefinition:
         f"Rows that cannot be loaded go to quarantine/{source.agency}/{source.name}.",
         metadata={"primary_key": list(source.primary_key), "uri": bronze_uri(city(), source.agency, source.name)},
         pool="lake_writes",
+        # with Celery workers, the agency's own queue: its consumers' slots cap the loads hitting its system
+        op_tags=queue_tags(agency_queue(source.agency)),
         # agency systems fail transiently; the HTTP connector also retries each request itself
         retry_policy=dg.RetryPolicy(
             max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS

@@ -24,6 +24,7 @@ from orchestration.publish import (
 )
 from orchestration.quality import guarded_models
 from orchestration.report_html import Gate, render
+from orchestration.workers import WAREHOUSE_QUEUE, queue_tags
 
 
 def _mart_models() -> list[str]:
@@ -80,6 +81,7 @@ def _gates(context: dg.AssetExecutionContext) -> list[Gate]:
         ),
     ],
     pool="warehouse",
+    op_tags=queue_tags(WAREHOUSE_QUEUE),  # it reads the warehouse: on the worker that owns it
 )
 def publish(context: dg.AssetExecutionContext):
     """Write every mart to Delta, then rebuild the analyst catalog from Delta, render the report, swap both in."""
@@ -140,6 +142,7 @@ def _postgres_sink() -> list[dg.AssetsDefinition]:
         kinds={"postgres"},
         deps=[["published", m] for m in MARTS] + [["published", "analyst_catalog"]],
         pool="warehouse",
+        op_tags=queue_tags(WAREHOUSE_QUEUE),
     )
     def postgres(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Every published mart, the indicator catalogue and the quarantine summary, swapped into a

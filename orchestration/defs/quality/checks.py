@@ -45,6 +45,7 @@ from orchestration.quality import (
     validate_load,
     validate_model,
 )
+from orchestration.workers import WAREHOUSE_QUEUE, queue_tags
 
 #: volume.max_drop when a source or suite does not set it
 DEFAULT_MAX_DROP = default(Volume, "max_drop")
@@ -201,6 +202,8 @@ def warehouse_check(layer: str, model: str) -> dg.AssetChecksDefinition:
         name="gx_suite",
         blocking=True,
         description=f"Great Expectations suite expectations/{'.'.join(key)}.json",
+        # it reads the DuckDB warehouse: with Celery workers, on the one worker process that owns it
+        op_tags=queue_tags(WAREHOUSE_QUEUE),
     )
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         raw = json.loads(suite_path(key).read_text(encoding="utf-8"))

@@ -30,6 +30,7 @@ from orchestration.dbt_build import dbt_env
 from orchestration.entities import domain_of
 from orchestration.partitions import EARLIEST, daily_partitions, window_vars
 from orchestration.progress import counted_models
+from orchestration.workers import WAREHOUSE_QUEUE, queue_tags
 
 
 class CityTranslator(DagsterDbtTranslator):
@@ -75,7 +76,13 @@ project = DbtProject(project_dir=dbt_project_dir(), profiles_dir=dbt_project_dir
 
 
 DAILY = "tag:daily"
-common = {"manifest": project.manifest_path, "project": project, "dagster_dbt_translator": CityTranslator()}
+# with Celery workers, dbt runs on the one worker process that owns the DuckDB warehouse
+common = {
+    "manifest": project.manifest_path,
+    "project": project,
+    "dagster_dbt_translator": CityTranslator(),
+    "op_tags": queue_tags(WAREHOUSE_QUEUE),
+}
 
 
 @dbt_assets(name="dbt_reference", select=f"+{DAILY}", exclude=DAILY, pool="warehouse", **common)
