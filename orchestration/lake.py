@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from orchestration.config import CityConfig
 
@@ -70,6 +70,8 @@ class UnsafeStorageError(LakeError):
 #: server's or a proxy's error text is not ours to trust)
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: a delta-rs error from the object store (a read fails as OSError, a data file's PUT as a DeltaError)
+_STORE_ERROR = re.compile(r"S3 error|Error performing|object store", re.IGNORECASE)
 
 
 def _reason(exc: BaseException) -> str:
@@ -98,8 +100,11 @@ def remote_errors(uri: str, doing: str, key: str = "lake.root in city.yaml") -> 
     reached with, not delta-rs's multi-line chain."""
     try:
         yield
-    except OSError as exc:
-        if "://" not in uri:
+    except (OSError, DeltaError) as exc:
+        # a commit race and an absent table are not the store's errors: they go up as they are
+        if "://" not in uri or isinstance(exc, CommitFailedError | TableNotFoundError):
+            raise
+        if isinstance(exc, DeltaError) and not _STORE_ERROR.search(str(exc)):
             raise
         raise LakeError(
             f"cannot {doing} {uri} ({key}): {_reason(exc)}. Object storage is reached with credentials and "

@@ -49,6 +49,7 @@ from tests.test_small_city import write_city
 
 WEED = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
 ACCESS_KEY = "citylaketest"
+READER_KEY = "citylakereader"
 SECRET_KEY = f"seaweed-{secrets.token_hex(8)}"
 BUCKET = "citylake"
 
@@ -69,7 +70,12 @@ def _start_weed(folder: Path) -> tuple[subprocess.Popen, str, list[int]]:
             "name": "citylake",
             "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }
+        },
+        {  # may read and list, not write
+            "name": "reader",
+            "credentials": [{"accessKey": READER_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Read", "List"],
+        },
     ]
     (folder / "s3.json").write_text(json.dumps({"identities": identities}))
     names = ["master.port", "volume.port", "filer.port", "s3.port"]
@@ -359,6 +365,16 @@ def test_a_wrong_secret_or_an_unsafe_commit_mode_fails_naming_the_lake(
         assert "(lake.root in city.yaml)" in text and "403 Forbidden: SignatureDoesNotMatch" in text
         assert "Traceback" not in text and SECRET_KEY not in text
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    # credentials that may read but not write: a write fails the same way (here in this process: the error is
+    # raised by the PUT of the data file, before any commit)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER_KEY)
+    assert lake.open_table(f"{remote.lake}/marts/indicators").version() >= 0
+    with pytest.raises(lake.LakeError) as err:
+        lake.append(f"{remote.lake}/marts/another", pa.table({"indicator_id": ["x"]}))
+    text = str(err.value)
+    assert f"cannot write to the Delta table at {remote.lake}/marts/another (lake.root in city.yaml)" in text
+    assert "403 Forbidden" in text and SECRET_KEY not in text, text
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_S3_ALLOW_UNSAFE_RENAME", "true")
     proc = citylake("status", config=remote.config, check=False)
     assert proc.returncode == 1
@@ -372,10 +388,13 @@ ROUNDS = 8
 
 
 def _writer(uri: str, writer: int, barrier, results) -> None:
-    """One writer process: ROUNDS rounds, each starting at a barrier with the other writer's, so that both
-    commit at the same moment. In each it adds a unit of its own (even rounds an append, odd rounds a
-    predicate overwrite of a unit not there yet) and, every odd round, overwrites the unit it added the
-    round before (a rerun of that load). Sends back its commits and how many the lake redid."""
+    """One writer process: ROUNDS rounds in step with the other writer. In each it adds a unit of its own
+    (even rounds an append, odd rounds a predicate overwrite of a unit not there yet) and, every odd round,
+    overwrites the unit it added the round before (a rerun of that load). Before each write both writers
+    read the table's version (after both finished their previous write), then start writing together.
+    Sends back (label, version read) per commit and how many writes the lake redid."""
+    from deltalake import CommitProperties
+
     from orchestration import lake as lake_
 
     redone = []
@@ -385,17 +404,20 @@ def _writer(uri: str, writer: int, barrier, results) -> None:
             redone.append(record.getMessage())
 
     logging.getLogger("orchestration.lake").addHandler(Redone())
-    commits = 0
+    commits = []
 
     def write(unit: str, rows: int, append: bool) -> None:
-        nonlocal commits
         data = pa.table({"unit": [unit] * rows, "n": list(range(rows)), "writer": [writer] * rows})
-        barrier.wait()
+        barrier.wait()  # both writers' previous writes are committed
+        read = lake_.open_table(uri).version()
+        barrier.wait()  # go
         if append:
-            lake_.append(uri, data)
+            label = f"append {unit}"
+            lake_.append(uri, data, commit_properties=CommitProperties(custom_metadata={"test_label": label}))
         else:
+            label = f"unit = '{unit}'"  # the commit's predicate
             lake_.overwrite_where(uri, data, "unit", unit)
-        commits += 1
+        commits.append((label, read))
 
     for i in range(ROUNDS):
         write(f"w{writer}-{i}", 3, append=i % 2 == 0)
@@ -421,18 +443,23 @@ def test_two_processes_committing_to_one_table_on_s3_at_once_lose_nothing(s3: S3
     got = collections.Counter(table.to_pyarrow_table().column("unit").to_pylist())
     expected = {"first load": 1} | {f"w{w}-{i}": 2 if i % 2 == 0 else 3 for w in (0, 1) for i in range(ROUNDS)}
     assert dict(got) == expected
-    # one Delta version per commit, none lost: version 0, then each writer's 12 commits
-    commits = sum(c for _, c, _ in done)
-    assert commits == 2 * (ROUNDS + ROUNDS // 2) == 24
+    # one Delta version per commit, none lost: version 0, then each writer's 12 commits, each found by its
+    # label (an append's commit metadata, an overwrite's predicate) exactly once
+    commits = [c for _, cs, _ in done for c in cs]
+    assert len(commits) == 2 * (ROUNDS + ROUNDS // 2) == 24
     history = table.history()
-    assert table.version() == commits and sorted(h["version"] for h in history) == list(range(commits + 1))
-    # each overwrite is its own commit: the first load and the appends carry no predicate, every unit
-    # was overwritten once (odd ones when added, even ones when rerun)
-    predicates = collections.Counter(h["operationParameters"].get("predicate") for h in history)
-    assert predicates == {None: 1 + ROUNDS} | {f"unit = '{u}'": 1 for u in expected if u != "first load"}
-    # the writers really raced: delta-rs found the version it was committing already created by the other
-    # writer (the conditional put refused it) and committed on top, or the lake redid a conflicting write
+    assert table.version() == len(commits) and sorted(h["version"] for h in history) == list(range(25))
+    version = collections.defaultdict(list)
+    for h in history:
+        version[h.get("test_label") or h["operationParameters"].get("predicate") or "first load"].append(h["version"])
+    assert {label: len(v) for label, v in version.items()} == {"first load": 1} | {label: 1 for label, _ in commits}
+    assert version["first load"] == [0]
+    # the writers really wrote at once: in every round both read the same version v, one committed v+1
+    # and the other v+2, on top of a commit it had not read (the version it first tried was taken: the
+    # conditional put refused it, or delta-rs saw it before trying); with an unsafe rename one of the two
+    # could have replaced the other's log entry
+    steps = sorted(version[label][0] - read for label, read in commits)
+    assert steps == [1] * 12 + [2] * 12
     retried = sum(h.get("operationMetrics", {}).get("num_retries", 0) for h in history)
     redone = sum(r for _, _, r in done)
-    assert retried + redone > 0, "no commit race happened in any round: the test proved nothing"
-    print(f"\n{commits} concurrent commits: {retried} retried by delta-rs on a taken version, {redone} redone")
+    print(f"\n24 commits in 12 rounds of two: {retried} refused by the store and retried by delta-rs, {redone} redone")

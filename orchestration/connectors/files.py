@@ -91,7 +91,7 @@ class OutsideFolder(ValueError):
 
 
 def s3_filesystem():
-    """An S3 filesystem for uri: credentials from the AWS_* environment, AWS_ENDPOINT_URL for S3-compatibles."""
+    """pyarrow's S3 filesystem: credentials from the AWS_* environment, AWS_ENDPOINT_URL for S3-compatibles."""
     from pyarrow import fs
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
