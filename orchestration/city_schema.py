@@ -340,7 +340,8 @@ class City(_Model):
 
 class Lake(_Model):
     root: Text
-    """A folder (relative to city.yaml) or an s3://bucket/prefix URI."""
+    """A folder (relative to city.yaml) or an s3://bucket/prefix URI (credentials and endpoint from the AWS_*
+    environment, commits by conditional put: docs/deploy.md)."""
 
 
 class PopulationFormat(_Model):

@@ -159,6 +159,15 @@ class CityGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [c for c in self.ORDER if c in self.commands] + [c for c in self.commands if c not in self.ORDER]
 
+    def invoke(self, ctx: click.Context):
+        # a lake on object storage that cannot be reached: its one-paragraph reason, not a traceback
+        from orchestration.lake import LakeError
+
+        try:
+            return super().invoke(ctx)
+        except LakeError as exc:
+            raise click.ClickException(str(exc)) from None
+
 
 @click.group(cls=CityGroup, context_settings={"max_content_width": 100})
 def main() -> None:
@@ -517,16 +526,22 @@ def check(config: str | None) -> None:
     from the source. WARN (exit 0): nothing to check yet, such as a drop folder with no file.
     """
     from orchestration import lake
-    from orchestration.connectivity import FAIL, WARN, source_status
+    from orchestration.connectivity import FAIL, WARN, lake_status, source_status
     from orchestration.ingest import META_COLUMNS
 
     cfg = _load(config)
     click.echo(f"{cfg.path}: valid ({len(cfg.sources)} sources, lake {cfg.lake_root})")
     counts = {FAIL: 0, WARN: 0}
+    lake_failed = False
+    if cfg.is_remote:
+        status, detail = lake_status(cfg)
+        lake_failed = status == FAIL
+        click.echo(f"  {'FAIL' if lake_failed else 'ok  '} {'lake ' + cfg.lake_root:<40} {detail}")
     with simulators(cfg):
         for source in cfg.sources:
             try:
-                schema = lake.schema(lake.bronze_uri(cfg, source.agency, source.name))
+                # an unreachable lake was said above (each read would wait for the store's retries again)
+                schema = None if lake_failed else lake.schema(lake.bronze_uri(cfg, source.agency, source.name))
             except Exception:  # noqa: BLE001 - an unreadable lake is the run's to report; check the source alone
                 schema = None
             bronze = [n for n in schema.names if n not in META_COLUMNS] if schema is not None else []
@@ -537,9 +552,11 @@ def check(config: str | None) -> None:
             click.echo(f"  {label} {source.key:<40} {first}")
             for line in more:
                 click.echo(f"       - {line}")
-    if counts[FAIL]:
+    if counts[FAIL] or lake_failed:
+        failing = [f"{counts[FAIL]} source(s)"] if counts[FAIL] else []
         raise click.ClickException(
-            f"{counts[FAIL]} source(s) would fail a run (see FAIL above)"
+            " and ".join((["the lake"] if lake_failed else []) + failing)
+            + " would fail a run (see FAIL above)"
             + (f"; {counts[WARN]} warning(s)" if counts[WARN] else "")
         )
     if counts[WARN]:
@@ -765,7 +782,10 @@ def docs(config: str | None, port: int | None, no_serve: bool) -> None:
 @main.command("publish-open-data", short_help="write the marts as open data (CSV, Parquet, DCAT-AP)")
 @CONFIG_OPTION
 @click.option(
-    "--out", type=click.Path(file_okay=False), default=None, help="folder to write (default: <lake root>/open_data)"
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="folder to write, or an s3://bucket/prefix to upload to (default: <lake root>/open_data)",
 )
 def publish_open_data(config: str | None, out: str | None) -> None:
     """Write the published indicators and marts as an open-data package (CSV, Parquet, datapackage.json, DCAT-AP)."""
@@ -773,7 +793,7 @@ def publish_open_data(config: str | None, out: str | None) -> None:
     from orchestration.open_data import publish_open_data as write
 
     try:
-        result = write(cfg, Path(out) if out else None)
+        result = write(cfg, out)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     for table, rows in result.tables.items():

@@ -16,7 +16,8 @@ say. `Source.get` falls back to the model's defaults.
 Top-level keys (the user-facing contract is in README.md; every key is documented there too):
 
 - `city`: `name`, `timezone` (IANA).
-- `lake`: `root`, a folder or an `s3://bucket/prefix` URI.
+- `lake`: `root`, a folder or an `s3://bucket/prefix` URI (credentials and endpoint from the AWS_*
+  environment, AWS_CONDITIONAL_PUT for the commit mode: orchestration/lake.py, docs/deploy.md).
 - `catalog`: path of the analyst DuckDB catalog (default `<lake root>/catalog.duckdb`; required when
   the lake is on object storage, since DuckDB files live on a local disk).
 - `state_dir`: where citylake keeps its working state: the dbt build, the warehouse DuckDB file and

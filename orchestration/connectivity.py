@@ -20,13 +20,13 @@ import difflib
 import re
 from collections.abc import Iterable, Sequence
 
-from orchestration.config import ConfigError, Source, pii_key
+from orchestration.config import CityConfig, ConfigError, Source, pii_key
 from orchestration.connectors import redact
 
 #: an http_json probe waits this long unless the source sets timeout_s (its reads wait 30 s by default)
 PROBE_TIMEOUT_S = 10
 
-__all__ = ["FAIL", "OK", "WARN", "check_source", "redact", "source_status"]
+__all__ = ["FAIL", "OK", "WARN", "check_source", "lake_status", "redact", "source_status"]
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 #: files read, at most, to find a column the first file's header lacks (files of one drop may differ)
@@ -36,6 +36,22 @@ SHOWN_COLUMNS = 40
 #: text-only bronze: every column of these sources lands as text, so any binder error is the run's error
 _TEXT_FORMATS = ("csv", "json", "jsonl", "xlsx")
 _MISSING = re.compile(r'Referenced column "(.+?)" not found')
+
+
+def lake_status(cfg: CityConfig) -> tuple[str, str]:
+    """(OK | FAIL, what was found) for a lake on object storage: its credentials and endpoint (from the
+    environment) reach it, and each source's bronze table is read (absent before a first load)."""
+    from orchestration import lake
+
+    try:
+        opts = lake.storage_options(cfg.lake_root) or {}
+        present = sum(lake.open_table(lake.bronze_uri(cfg, s.agency, s.name)) is not None for s in cfg.sources)
+    except lake.LakeError as exc:
+        return FAIL, str(exc)
+    return OK, (
+        f"reachable: {present} of {len(cfg.sources)} bronze tables there; commits by conditional put "
+        f"({lake.CONDITIONAL_PUT}={opts.get(lake.CONDITIONAL_PUT)})"
+    )
 
 
 def check_source(source: Source, bronze_columns: Sequence[str] = ()) -> tuple[bool, str]:

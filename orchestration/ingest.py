@@ -737,9 +737,7 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
 def _write_quarantine(uri: str, table: pa.Table) -> None:
     dt_ = lake.open_table(uri)
     if dt_ is None:
-        from deltalake import write_deltalake
-
-        write_deltalake(uri, table, mode="append", storage_options=lake.storage_options(uri))
+        lake.append(uri, table)
         return
     (
         dt_.merge(

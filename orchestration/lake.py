@@ -5,6 +5,11 @@ or replaces the whole table. delta-rs commits are atomic, so a crash leaves the 
 A merge or predicate overwrite that loses the commit race to another writer of the same table (Delta's
 optimistic concurrency: "a concurrent transaction added new data") is redone against the new version,
 a few times with backoff; both writers' rows land.
+
+On object storage (`lake.root: s3://bucket/prefix`) a commit is a conditional put of the next log entry
+(see `storage_options`): of two writers racing for one version exactly one creates it, the other sees the
+conflict and commits on top, so no commit is lost without any lock table. Errors reaching the store say
+which table and what to check (`LakeError`), never a credential.
 """
 
 from __future__ import annotations
@@ -12,27 +17,100 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from orchestration.config import CityConfig
 
+#: delta-rs's object-store option that makes a commit a conditional put (If-None-Match: the commit file is
+#: created only if no other writer created that version first): safe with several writers and no lock table
+CONDITIONAL_PUT = "aws_conditional_put"
+
 
 def storage_options(uri: str) -> dict[str, str] | None:
-    """Object-store options from the environment (AWS_* variables, AWS_ENDPOINT_URL for S3-compatibles)."""
+    """delta-rs options for an s3:// uri (None for a local path): commits by conditional put.
+
+    Credentials, region and endpoint are not in here: delta-rs reads them from the environment itself
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, ...), so no
+    secret is ever held in these options or written where they go (the generated dbt sources). A commit is a
+    put of the next `_delta_log/<version>.json` that only succeeds when no other writer created that version
+    (`aws_conditional_put: etag`, If-None-Match; AWS_CONDITIONAL_PUT in the environment chooses another mode
+    delta-rs knows). Never "unsafe rename": with two writers, it silently loses commits.
+    """
     if not uri.startswith("s3://"):
         return None
-    opts = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        opts["AWS_ENDPOINT_URL"] = endpoint
-        opts["AWS_ALLOW_HTTP"] = "true"
+    if os.environ.get("AWS_S3_ALLOW_UNSAFE_RENAME", "").strip().lower() in ("1", "true", "yes"):
+        raise UnsafeStorageError(
+            "AWS_S3_ALLOW_UNSAFE_RENAME is set in the environment: with it, two writers of one Delta table lose "
+            "commits. citylake commits by conditional put instead (AWS_CONDITIONAL_PUT, default etag); unset "
+            "AWS_S3_ALLOW_UNSAFE_RENAME"
+        )
+    opts = {CONDITIONAL_PUT: os.environ.get("AWS_CONDITIONAL_PUT", "").strip() or "etag"}
+    if os.environ.get("AWS_ENDPOINT_URL", "").lower().startswith("http://"):
+        opts["AWS_ALLOW_HTTP"] = "true"  # an S3-compatible server without TLS (a local one)
     return opts
+
+
+class LakeError(RuntimeError):
+    """The lake on object storage cannot be reached or read (the message says why, never a secret)."""
+
+
+class UnsafeStorageError(LakeError):
+    """The environment asks delta-rs for a commit mode that loses writes."""
+
+
+#: environment variables whose values are secrets: never in a message (delta-rs does not print them, but a
+#: server's or a proxy's error text is not ours to trust)
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: a delta-rs error from the object store (a read fails as OSError, a data file's PUT as a DeltaError)
+_STORE_ERROR = re.compile(r"S3 error|Error performing|object store", re.IGNORECASE)
+
+
+def _reason(exc: BaseException) -> str:
+    """The gist of a delta-rs object-store error: its first line, the server's error code and the innermost
+    cause (delta-rs chains them with arrows over several lines, and may quote the server's XML)."""
+    lines = [_ANSI.sub("", line).replace("\u21b3", "").strip() for line in str(exc).splitlines()]
+    lines = [line.removeprefix("Kernel error -> ") for line in lines if line and not line.startswith("<")]
+    code = re.search(r"<Code>([^<]+)</Code>", str(exc))
+    parts = [lines[0] if lines else type(exc).__name__]
+    if len(lines) > 1:
+        parts.append(lines[-1])
+    if code:
+        parts.append(code.group(1))
+    text = ": ".join(dict.fromkeys(parts))
+    for name in SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= 3:
+            text = text.replace(value, f"<{name}>")
+    return text
+
+
+@contextmanager
+def remote_errors(uri: str, doing: str, key: str = "lake.root in city.yaml") -> Iterator[None]:
+    """Errors of the object store (refused credentials, missing bucket, unreachable endpoint) as a LakeError
+    naming the object, the city.yaml key (or option) that put it there and the environment the store is
+    reached with, not delta-rs's multi-line chain."""
+    try:
+        yield
+    except (OSError, DeltaError) as exc:
+        # a commit race and an absent table are not the store's errors: they go up as they are
+        if "://" not in uri or isinstance(exc, CommitFailedError | TableNotFoundError):
+            raise
+        if isinstance(exc, DeltaError) and not _STORE_ERROR.search(str(exc)):
+            raise
+        raise LakeError(
+            f"cannot {doing} {uri} ({key}): {_reason(exc)}. Object storage is reached with credentials and "
+            "endpoint from the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), "
+            "AWS_REGION and, for an S3-compatible server, AWS_ENDPOINT_URL"
+        ) from None
 
 
 def bronze_uri(cfg: CityConfig, agency: str, source: str) -> str:
@@ -50,9 +128,16 @@ def mart_uri(cfg: CityConfig, mart: str) -> str:
 def open_table(uri: str) -> DeltaTable | None:
     """The Delta table at uri, or None when nothing was committed there yet."""
     try:
-        return DeltaTable(uri, storage_options=storage_options(uri))
+        with remote_errors(uri, "read the Delta table at"):
+            return DeltaTable(uri, storage_options=storage_options(uri))
     except TableNotFoundError:
         return None
+
+
+def append(uri: str, data: pa.Table | pa.RecordBatchReader, **options) -> None:
+    """Add `data` to the table at uri (creating it) in one commit; `options` go to write_deltalake."""
+    with remote_errors(uri, "write to the Delta table at"):
+        write_deltalake(uri, data, mode="append", storage_options=storage_options(uri), **options)
 
 
 def read_table(uri: str, columns: Sequence[str] | None = None) -> pa.Table | None:
@@ -93,7 +178,8 @@ def _redo_on_conflict(uri: str, write: Callable[[], T]) -> T:
     tries = 1
     while True:
         try:
-            return write()
+            with remote_errors(uri, "write to the Delta table at"):
+                return write()
         except CommitFailedError as exc:
             if tries > CONFLICT_RETRIES:
                 raise ConcurrentWriteError(
@@ -116,7 +202,7 @@ def overwrite_where(uri: str, data: pa.Table | pa.RecordBatchReader, column: str
     commit; `data` may be a stream of batches (a big file), written without holding it in memory."""
     dt = open_table(uri)
     if dt is None:
-        write_deltalake(uri, data, mode="append", storage_options=storage_options(uri))
+        append(uri, data)
         return
     _evolve_schema(uri, dt, data)
     _redo_on_conflict(
@@ -133,7 +219,8 @@ def overwrite_where(uri: str, data: pa.Table | pa.RecordBatchReader, column: str
 
 def replace(uri: str, data: pa.Table) -> None:
     """Replace the whole table (a full snapshot load)."""
-    write_deltalake(uri, data, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
+    with remote_errors(uri, "write to the Delta table at"):
+        write_deltalake(uri, data, mode="overwrite", schema_mode="overwrite", storage_options=storage_options(uri))
 
 
 def schema(uri: str) -> pa.Schema | None:
@@ -169,7 +256,7 @@ def _merge(uri: str, data: pa.Table, keys: Sequence[str], compare: Sequence[str]
     and, for a snapshot, delete keys no longer delivered. Returns the rows written (0: no commit)."""
     dt = open_table(uri)
     if dt is None:
-        write_deltalake(uri, data, mode="append", storage_options=storage_options(uri))
+        append(uri, data)
         return data.num_rows
     _evolve_schema(uri, dt, data)
     return _redo_on_conflict(uri, lambda: _merge_once(uri, data, keys, compare, delete_missing))
@@ -198,10 +285,4 @@ def _evolve_schema(uri: str, dt: DeltaTable, data: pa.Table | pa.RecordBatchRead
     existing = set(dt.schema().to_arrow().names)
     new = [f for f in data.schema if f.name not in existing]
     if new:
-        write_deltalake(
-            uri,
-            pa.Table.from_batches([], schema=pa.schema(new)).cast(pa.schema(new)),
-            mode="append",
-            schema_mode="merge",
-            storage_options=storage_options(uri),
-        )
+        append(uri, pa.Table.from_batches([], schema=pa.schema(new)).cast(pa.schema(new)), schema_mode="merge")

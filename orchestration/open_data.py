@@ -1,7 +1,8 @@
 """Open data out of the lake: the published indicators and marts as a package a city portal takes as it is.
 
 `citylake publish-open-data [--out DIR]` reads the analyst catalog (the latest publication, so the package
-holds exactly what analysts see) and writes, under DIR (default `<lake root>/open_data`, beside the catalog):
+holds exactly what analysts see) and writes, under DIR (default `<lake root>/open_data`; a local folder or,
+for a lake on object storage, an `s3://bucket/prefix` the package is uploaded to):
 
     data/<table>.csv        one file per mart (UTF-8, header row, ISO 8601 dates and UTC times)
     data/<table>.parquet    the same rows, typed
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +54,12 @@ FILE_TYPES = {
 
 @dataclass
 class OpenDataResult:
-    folder: Path
+    folder: Path | str  # a local folder, or the s3:// prefix the package was uploaded to
     tables: dict[str, int]  # table -> rows
+
+
+#: the package's index files, uploaded last to object storage (after the files they name)
+INDEX_FILES = ("datapackage.json", "catalog.jsonld")
 
 
 def _frictionless_type(duckdb_type: str) -> str:
@@ -145,13 +151,43 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-._]+", "-", text.lower()).strip("-") or "city"
 
 
-def publish_open_data(cfg: CityConfig, out: Path | None = None) -> OpenDataResult:
+def publish_open_data(cfg: CityConfig, out: Path | str | None = None) -> OpenDataResult:
     """Write the open-data package of the latest publication under `out` (see the module docstring)."""
+    target = str(out) if out else cfg.lake_path("open_data")
+    if "://" not in target:
+        return _write_package(cfg, Path(target))
+    if not target.startswith("s3://"):
+        raise ValueError(f"--out {target}: a local folder or an s3://bucket/prefix URI")
+    with tempfile.TemporaryDirectory(prefix="citylake-open-data-") as tmp:
+        result = _write_package(cfg, Path(tmp))
+        _upload(Path(tmp), target)
+    return OpenDataResult(target.rstrip("/"), result.tables)
+
+
+def _upload(folder: Path, target: str) -> None:
+    """Every file under `folder` to the same key under the s3:// `target`, the index files last."""
+    from pyarrow import fs
+
+    from orchestration.connectors.files import s3_filesystem
+    from orchestration.lake import remote_errors
+
+    s3 = s3_filesystem()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(folder).as_posix() in INDEX_FILES)
+    prefix = target.removeprefix("s3://").rstrip("/")
+    with remote_errors(target, "write the open-data package to", "--out, default under lake.root in city.yaml"):
+        for path in files:
+            fs.copy_files(
+                str(path),
+                f"{prefix}/{path.relative_to(folder).as_posix()}",
+                source_filesystem=fs.LocalFileSystem(),
+                destination_filesystem=s3,
+            )
+
+
+def _write_package(cfg: CityConfig, out: Path) -> OpenDataResult:
     from frictionless import Field, Package, Resource, Schema
 
-    out = Path(out) if out else Path(cfg.lake_path("open_data")) if "://" not in cfg.lake_root else None
-    if out is None:
-        raise ValueError("the lake is on object storage: give a local folder with --out")
     if not cfg.catalog_path.exists():
         raise FileNotFoundError(f"no analyst catalog at {cfg.catalog_path}: run `citylake run` first")
     settings = cfg.open_data
@@ -231,9 +267,13 @@ def publish_open_data(cfg: CityConfig, out: Path | None = None) -> OpenDataResul
             *datasets,
         ],
     }
-    for name, text in (
-        ("datapackage.json", json.dumps(package.to_descriptor(), indent=2, ensure_ascii=False)),
-        ("catalog.jsonld", json.dumps(catalog, indent=2, ensure_ascii=False)),
+    for name, text in zip(
+        INDEX_FILES,
+        (
+            json.dumps(package.to_descriptor(), indent=2, ensure_ascii=False),
+            json.dumps(catalog, indent=2, ensure_ascii=False),
+        ),
+        strict=True,
     ):
         tmp = out / f".{name}.{os.getpid()}.tmp"
         tmp.write_text(text + "\n", encoding="utf-8")

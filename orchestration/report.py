@@ -32,7 +32,7 @@ def summary(cfg: CityConfig) -> str:
         "",
         f"{counts[0]:,} indicator rows over {counts[1]} areas; {quarantined:,} records held in quarantine.",
         f"Analyst catalog (read-only DuckDB): {cfg.catalog_path}",
-        f"Delta marts: {cfg.lake_root}/marts/",
+        f"Delta marts: {cfg.lake_path('marts')}/",
         "",
         "Query it:",
         f'  {_command()} sql "select area_id, period_start, value from indicators '

@@ -105,7 +105,8 @@ def reference_built(cfg: CityConfig) -> bool:
 
 
 def _outputs_present(cfg: CityConfig) -> bool:
-    return (cfg.state_dir / "warehouse.duckdb").is_file() and (cfg.is_remote or cfg.catalog_path.is_file())
+    # the catalog is a local file wherever the lake is (city.yaml's catalog: names it for an s3:// lake)
+    return (cfg.state_dir / "warehouse.duckdb").is_file() and cfg.catalog_path.is_file()
 
 
 def last_complete(cfg: CityConfig) -> dict[str, Any] | None:

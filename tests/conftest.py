@@ -48,6 +48,7 @@ SLOW_GROUPS = {
     "test_connectors_cli.py": 2,
     "test_secrets.py": 2,
     "test_gates_duckdb.py": 2,
+    "test_lake_s3.py": 2,
 }
 
 

@@ -211,3 +211,43 @@ def test_a_webhook_url_is_not_repeated_in_its_errors() -> None:
         with pytest.raises(OSError) as err:
             post_alert(url, {"error": "x"})
         assert HOOK not in str(err.value) and HOOK not in repr(err.value.__cause__), err.value
+
+
+def test_a_lake_on_s3_keeps_its_credentials_out_of_options_files_and_errors(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object store's credentials stay in the environment: not in the options handed to delta-rs, not in
+    the dbt sources citylake generates from them, not in an error (one from a closed port, for real; one
+    whose text quotes the secret, raised here because no real server echoes it)."""
+    from orchestration.dbt_build import render_sources
+    from tests.connectors_support import city_yaml
+
+    key_id, secret, token = f"AKID{TAG.upper()}", f"s3key-{secrets.token_hex(8)}", f"s3tok-{secrets.token_hex(8)}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    for name in ("AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_CONDITIONAL_PUT"):
+        monkeypatch.delenv(name, raising=False)
+    assert lake.storage_options("s3://city/lake/bronze/a/b") == {
+        "aws_conditional_put": "etag",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    path = city_yaml(
+        tmp_path, {"energy": {"meters": {"kind": "files", "path": "./x/*.csv", "format": "csv", "primary_key": ["m"]}}}
+    )
+    data = yaml.safe_load(path.read_text())
+    data["lake"]["root"], data["catalog"] = "s3://city/lake", "./catalog.duckdb"
+    path.write_text(yaml.safe_dump(data))
+    sources = yaml.safe_dump(render_sources(load_config(path)))
+    assert "s3://city/lake/bronze/energy/meters" in sources and "aws_conditional_put: etag" in sources
+    assert not [v for v in (key_id, secret, token) if v in sources]
+    with pytest.raises(lake.LakeError) as err:
+        lake.open_table("s3://city/lake/bronze/energy/meters")
+    text = str(err.value)
+    assert "s3://city/lake/bronze/energy/meters (lake.root in city.yaml)" in text and "Connection refused" in text
+    assert not [v for v in (key_id, secret, token) if v in text], text
+    with pytest.raises(lake.LakeError) as err, lake.remote_errors("s3://city/lake/marts/x", "write to"):
+        raise OSError(f"403 Forbidden\n<Error><Code>AccessDenied</Code><Message>key {secret}</Message></Error>")
+    assert secret not in str(err.value) and "403 Forbidden: AccessDenied" in str(err.value), err.value

@@ -90,8 +90,8 @@ class OutsideFolder(ValueError):
     """A file the glob matched resolves (through a symlink) outside the folder the glob names."""
 
 
-def _s3(uri: str):
-    """An S3 filesystem for uri: credentials from the AWS_* environment, AWS_ENDPOINT_URL for S3-compatibles."""
+def s3_filesystem():
+    """pyarrow's S3 filesystem: credentials from the AWS_* environment, AWS_ENDPOINT_URL for S3-compatibles."""
     from pyarrow import fs
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -104,14 +104,14 @@ def _s3(uri: str):
 def open_stream(path: str):
     """A binary stream over a local file or an s3:// object (read sequentially)."""
     if path.startswith("s3://"):
-        return _s3(path).open_input_stream(path.removeprefix("s3://"))
+        return s3_filesystem().open_input_stream(path.removeprefix("s3://"))
     return open(path, "rb")
 
 
 def _open_seekable(path: str):
     """A seekable binary file (Parquet footers, XLSX zip directories)."""
     if path.startswith("s3://"):
-        return _s3(path).open_input_file(path.removeprefix("s3://"))
+        return s3_filesystem().open_input_file(path.removeprefix("s3://"))
     return open(path, "rb")
 
 
@@ -174,7 +174,7 @@ class ChecksumMemo:
 def _stamp(path: str) -> str:
     """size:mtime of one file (a change between the checksum and the end of the read means it changed)."""
     if path.startswith("s3://"):
-        info = _s3(path).get_file_info(path.removeprefix("s3://"))
+        info = s3_filesystem().get_file_info(path.removeprefix("s3://"))
         return f"{info.size}:{info.mtime_ns}"
     st = os.stat(path)
     return f"{st.st_size}:{st.st_mtime_ns}"
@@ -190,7 +190,7 @@ def glob_files(pattern: str) -> list[str]:
     # list from the deepest folder without a wildcard, then match the full key against the pattern
     wild = min((bare.find(c) for c in "*?[" if c in bare), default=len(bare))
     base = bare[:wild].rsplit("/", 1)[0]
-    infos = _s3(pattern).get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+    infos = s3_filesystem().get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
     parts = bare.split("/")
     return sorted("s3://" + i.path for i in infos if i.type == fs.FileType.File and _match(parts, i.path.split("/")))
 
@@ -953,7 +953,7 @@ def file_stamps(pattern: str) -> dict[str, str]:
     if pattern.startswith("s3://"):
         from pyarrow import fs
 
-        infos = _s3(pattern).get_file_info([p.removeprefix("s3://") for p in glob_files(pattern)])
+        infos = s3_filesystem().get_file_info([p.removeprefix("s3://") for p in glob_files(pattern)])
         return {"s3://" + i.path: f"{i.size}:{i.mtime_ns}" for i in infos if i.type == fs.FileType.File}
     stamps = {}
     for p in glob_files(pattern):

@@ -11,6 +11,7 @@ import dagster as dg
 
 from orchestration.city import city, dbt_project_dir
 from orchestration.docs_site import docs_url
+from orchestration.lake import mart_uri
 from orchestration.publish import (
     REPORT_NAME,
     build_catalog,
@@ -94,7 +95,7 @@ def publish(context: dg.AssetExecutionContext):
             metadata={
                 "dagster/row_count": p.rows,
                 "delta_version": p.delta_version,
-                "uri": f"{cfg.lake_root}/marts/{p.name}",
+                "uri": mart_uri(cfg, p.name),
             },
         )
     catalog_tables = read_published(cfg, published)
