@@ -6,7 +6,7 @@ SCALE ?= 10
 # test processes (pytest-xdist): one per core by default; TEST_WORKERS=0 runs the tests in this process
 TEST_WORKERS ?= auto
 
-.PHONY: install browser demo test dev lint bench clean
+.PHONY: install browser demo test dev lint bench bench-scaleout clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,13 @@ lint: install
 BENCH_SERIES ?= 30
 bench: install
 	$(BIN)/python -m benchmarks.run --scale $(SCALE) $(if $(strip $(BENCH_SERIES)),--series $(BENCH_SERIES)) $(BENCH_ARGS)
+
+# Scale-out figures (not part of `make bench`): the reference city at SCALEOUT_SCALE, its first full run in
+# process, on one and two Celery workers (local RabbitMQ) and with the lake on S3 (SeaweedFS on loopback);
+# writes benchmarks/SCALEOUT.md (SCALEOUT_ARGS, e.g. "--work DIR"). About four full runs' time (at scale 30, half an hour or more).
+SCALEOUT_SCALE ?= 30
+bench-scaleout: install
+	$(BIN)/python -m benchmarks.scaleout --scale $(SCALEOUT_SCALE) $(SCALEOUT_ARGS)
 
 clean:
 	rm -rf lake .citylake reference_city test-output cities/*/lake cities/*/.citylake cities/riverton/reference_city

@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +40,7 @@ import pytest
 import yaml
 
 from tests.conftest import BIN, unavailable
+from tests.rabbitmq import delete_vhost, make_vhost
 from tests.test_small_city import write_city
 
 BROKER = ("127.0.0.1", 5672)
@@ -102,22 +101,6 @@ def _city(root: Path, url: str) -> Path:
     calls.update({"kind": "http_json", "url": url})
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return config
-
-
-def _vhost() -> str:
-    """A RabbitMQ virtual host of this test's own (no other Celery user of the broker sees its queues);
-    the default one when rabbitmqctl is not usable here."""
-    name = f"citylake_test_{uuid.uuid4().hex[:8]}"
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        return ""
-    made = subprocess.run([ctl, "add_vhost", name], capture_output=True, timeout=60, check=False)
-    if made.returncode != 0:
-        return ""
-    subprocess.run(
-        [ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"], capture_output=True, timeout=60, check=True
-    )
-    return name
 
 
 @dataclass
@@ -200,7 +183,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     base = f"http://127.0.0.1:{server.server_address[1]}"
     inproc = _city(root / "inproc", f"{base}/inproc/calls.json")
     celery = _city(root / "celery", f"{base}/celery/calls.json")
-    vhost = _vhost()
+    vhost = make_vhost()
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CITYLAKE_EXECUTOR")}
     celery_env = {
         **env,
@@ -278,10 +261,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             except subprocess.TimeoutExpired:
                 w.kill()
         server.shutdown()
-        if vhost:
-            subprocess.run(
-                [shutil.which("rabbitmqctl"), "delete_vhost", vhost], capture_output=True, timeout=60, check=False
-            )
+        delete_vhost(vhost)
 
 
 def _indicators(city: Path) -> list[tuple]:
