@@ -116,7 +116,7 @@ def _with_spark_form(expression: str) -> str:
 def _q(column: str) -> str:
     """A column name in a generated model: quoted by the target's rule (citylake_quote: "x" in DuckDB,
     `x` in Spark SQL, where "x" is a string)."""
-    return "{{ citylake_quote(" + json.dumps(column) + ") }}"
+    return "{{ citylake_quote(" + json.dumps(column, ensure_ascii=False) + ") }}"
 
 
 def _t(sql_type: str) -> str:

@@ -52,10 +52,19 @@ class SailBuild:
         """A built table as a pandas DataFrame (read through Spark Connect)."""
         return self.session.table(f"{SCHEMA}.{name}").toPandas()
 
+    #: the environment variables the build set, with the values they had before
+    environ: dict[str, str | None] = field(default_factory=dict)
+
     def close(self) -> None:
-        """Stop the Spark Connect session and the Sail server (a running server keeps the process alive)."""
+        """Stop the Spark Connect session and the Sail server (a running server keeps the process alive),
+        and put back the environment variables the build set."""
         self.session.stop()
         self.server.stop()
+        for name, value in self.environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     def __enter__(self) -> SailBuild:
         return self
@@ -103,13 +112,11 @@ def _dbt(project: Path, build: SailBuild, *args: str) -> None:
 def build(cfg: CityConfig, mode: str = "local-cluster") -> SailBuild:
     """Build the city's dbt project on a Sail server started here; see the module's docstring. Use the
     result as a context manager (`with build(cfg) as b:`): it stops the server when done."""
-    import pandas as pd
     from pyspark.sql import SparkSession
-
-    from orchestration.district_points import place
 
     project = build_project(cfg)
     dbt_env()
+    environ = {name: os.environ.get(name) for name in ("SAIL_MODE", SAIL_PORT_ENV)}
     server = start_server(cfg.state_dir / "sail", mode)
     _, port = server.listening_address
     os.environ[SAIL_PORT_ENV] = str(port)
@@ -117,7 +124,22 @@ def build(cfg: CityConfig, mode: str = "local-cluster") -> SailBuild:
     session.conf.set("spark.sql.session.timeZone", "UTC")
     # managed tables' files (else spark-warehouse/ in the working directory)
     session.conf.set("spark.sql.warehouse.dir", str(cfg.state_dir / "sail" / "spark-warehouse"))
-    result = SailBuild(port=port, session=session, server=server)
+    result = SailBuild(port=port, session=session, server=server, environ=environ)
+    try:
+        _steps(project, result)
+    except BaseException:
+        result.close()
+        raise
+    return result
+
+
+def _steps(project: Path, result: SailBuild) -> None:
+    """The three steps of build() (the module's docstring)."""
+    import pandas as pd
+
+    from orchestration.district_points import place
+
+    session = result.session
     _dbt(project, result, "seed")
     _dbt(project, result, "run", "--select", f"+{POINTS_MODEL}", "--exclude", POINTS_MODEL)
     if all(result.status.get(m) == "success" for m in [*UNIONED, "dim_district"]):
@@ -140,7 +162,6 @@ def build(cfg: CityConfig, mode: str = "local-cluster") -> SailBuild:
         result.status[POINTS_MODEL] = "skipped"
         result.message[POINTS_MODEL] = "an upstream model failed on Sail"
     _dbt(project, result, "run", "--exclude", f"+{POINTS_MODEL}")
-    return result
 
 
 def compile_sql(project: Path, sql: str, target: str) -> str:
