@@ -108,7 +108,7 @@ def _with_spark_form(expression: str) -> str:
         spark = sqlglot.transpile(expression, read="duckdb", write="spark")[0]
     except sqlglot.errors.SqlglotError:
         return expression
-    if spark == expression:
+    if spark == expression or any(t in spark for t in ("{{", "{%", "{#")):  # (never a dbt template)
         return expression
     return f"{{% if target.type == 'sail' %}}{spark}{{% else %}}{expression}{{% endif %}}"
 
