@@ -87,7 +87,9 @@ def start_server(workdir: Path, mode: str = "local-cluster"):
     return server
 
 
-def _dbt(project: Path, build: SailBuild, *args: str) -> None:
+def run_dbt(project: Path, build: SailBuild, *args: str) -> None:
+    """dbt `args` with --target sail, in this process: its Spark Connect session is the build's, whose
+    catalog holds the tables of the earlier steps (Sail's catalog is per session)."""
     from dbt.cli.main import dbtRunner
 
     target = project / "target" / "sail"
@@ -140,8 +142,8 @@ def _steps(project: Path, result: SailBuild) -> None:
     from orchestration.district_points import place
 
     session = result.session
-    _dbt(project, result, "seed")
-    _dbt(project, result, "run", "--select", f"+{POINTS_MODEL}", "--exclude", POINTS_MODEL)
+    run_dbt(project, result, "seed")
+    run_dbt(project, result, "run", "--select", f"+{POINTS_MODEL}", "--exclude", POINTS_MODEL)
     if all(result.status.get(m) == "success" for m in [*UNIONED, "dim_district"]):
         districts = session.sql(f"select district_code as code, geometry_wkt from {SCHEMA}.dim_district").toPandas()
         points = pd.concat(
@@ -161,7 +163,7 @@ def _steps(project: Path, result: SailBuild) -> None:
     else:
         result.status[POINTS_MODEL] = "skipped"
         result.message[POINTS_MODEL] = "an upstream model failed on Sail"
-    _dbt(project, result, "run", "--exclude", f"+{POINTS_MODEL}")
+    run_dbt(project, result, "run", "--exclude", f"+{POINTS_MODEL}")
 
 
 def compile_sql(project: Path, sql: str, target: str) -> str:

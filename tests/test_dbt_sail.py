@@ -192,3 +192,14 @@ def test_time_zone_macros_read_the_same_instants_on_sail_but_the_listed_ones(sai
     assert duck_rows["2025-03-09 02:30:00"] == "2025-03-09 08:30:00" and duck_rows["not a time"] is None
     differences = {t: (duck_rows[t], sail_rows[t]) for t in TIMES if duck_rows[t] != sail_rows[t]}
     assert differences == TIME_DIFFERENCES
+
+
+def test_dbt_cannot_run_the_python_model_on_sail(sail, city_run):
+    """What dbt itself says when asked to build int_district_coordinates on Sail (why the `sail` build
+    computes it instead). Last in this file: the failed model may drop the table the build wrote."""
+    from orchestration.dbt_sail import POINTS_MODEL, SailBuild, run_dbt
+
+    asked = SailBuild(port=sail.port)
+    run_dbt(city_run.state / "dbt", asked, "run", "--select", POINTS_MODEL)
+    assert asked.status == {POINTS_MODEL: "error"}
+    assert "Databricks cluster_id is required for all_purpose_cluster submission method" in asked.message[POINTS_MODEL]
