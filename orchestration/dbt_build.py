@@ -42,6 +42,19 @@ CITY_SEEDS = ("city_districts", "city_population")
 BOUNDARIES = Path("data") / "city_district_boundaries.parquet"
 
 
+#: the `sail` target: dbt-sail connected to a running Sail server (Spark Connect) on 127.0.0.1 at
+#: $CITYLAKE_SAIL_PORT (orchestration/dbt_sail.py starts one); tables in the schema `citylake` of its catalog
+SAIL_PORT_ENV = "CITYLAKE_SAIL_PORT"
+SAIL_OUTPUT = {
+    "type": "sail",
+    "mode": "remote",
+    "host": "127.0.0.1",
+    "port": "{{ env_var('" + SAIL_PORT_ENV + "', '50051') | as_number }}",
+    "schema": "citylake",
+    "threads": 1,
+    "server_side_parameters": {"spark.sql.session.timeZone": "UTC"},
+}
+
 #: the environment variable bounding DuckDB's memory in the pipeline (e.g. 2GB); unset: DuckDB's default,
 #: 80 % of the machine's memory
 MEMORY_LIMIT_ENV = "CITYLAKE_DUCKDB_MEMORY_LIMIT"
@@ -74,12 +87,44 @@ def _sql_str(value: str) -> str:
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_ ]*$")
 
 
-def raw_expression(mapping: str) -> str:
+def raw_expression(mapping: str, quote=None) -> str:
     """A `columns:` value: a source column name (letters, digits, _ and spaces, as real exports have:
-    "Created Date") is quoted; a double-quoted name is kept; anything else is a SQL expression."""
+    "Created Date") is quoted (by `quote`, default DuckDB's double quotes); a double-quoted name is kept;
+    anything else is a SQL expression (written in DuckDB's dialect: the `sail` target runs it as written)."""
     if _COLUMN.match(mapping):
-        return '"' + mapping + '"'
-    return mapping
+        return quote(mapping) if quote else '"' + mapping + '"'
+    return _with_spark_form(mapping) if quote else mapping
+
+
+@functools.lru_cache(maxsize=4096)
+def _with_spark_form(expression: str) -> str:
+    """A city.yaml expression (DuckDB's dialect) in a generated model: as written, and on the `sail`
+    target as sqlglot translates it to Spark SQL ("x" is a column in DuckDB, a string in Spark SQL;
+    strptime is to_timestamp), chosen when dbt compiles. Kept as written where sqlglot cannot read it
+    (the Sail build then fails on it and says so)."""
+    import sqlglot
+
+    try:
+        spark = sqlglot.transpile(expression, read="duckdb", write="spark")[0]
+    except sqlglot.errors.SqlglotError:
+        return expression
+    if spark == expression or any(t in spark for t in ("{{", "{%", "{#")):  # (never a dbt template)
+        return expression
+    return f"{{% if target.type == 'sail' %}}{spark}{{% else %}}{expression}{{% endif %}}"
+
+
+def _q(column: str) -> str:
+    """A column name in a generated model: quoted by the target's rule (citylake_quote: "x" in DuckDB,
+    `x` in Spark SQL, where "x" is a string)."""
+    return "{{ citylake_quote(" + json.dumps(column, ensure_ascii=False) + ") }}"
+
+
+def _t(sql_type: str) -> str:
+    """A type in a generated model, spelled for the target (citylake_type: VARCHAR is Spark's string)."""
+    return "{{ citylake_type('" + sql_type.lower() + "') }}"
+
+
+_TEXT = _t("varchar")
 
 
 _PARSER_LOCK = threading.Lock()
@@ -152,24 +197,24 @@ def render_staging(source: Source, prune: bool = True) -> str:
     With `prune` (see window_prunable), a build of a window of days (not every day) dedups only the
     keys that have a version dated in the window (render_window_versions)."""
     entity: Entity = ENTITIES[source.feeds]
-    key = key_sql(_quote(k) for k in source.primary_key)
-    key_columns = ", ".join(_quote(k) for k in source.primary_key)
+    key = key_sql((_q(k) for k in source.primary_key), _TEXT)
+    key_columns = ", ".join(_q(k) for k in source.primary_key)
     raw_lines = [
-        f"        cast({raw_expression(source.columns[c.name])} as varchar) as {c.name}__raw"
+        f"        cast({raw_expression(source.columns[c.name], _q)} as {_TEXT}) as {c.name}__raw"
         for c in entity.columns
         if c.name in source.columns
     ]
     typed, reasons = [], []
     for c in entity.columns:
         if c.name not in source.columns:
-            typed.append(f"        cast(null as {c.type}) as {c.name}")
+            typed.append(f"        cast(null as {_t(c.type)}) as {c.name}")
             continue
         raw = f"{c.name}__raw"
         if c.type == "TIMESTAMPTZ":
             value = f"{{{{ citylake_to_utc('{raw}', '{source.timezone}') }}}}"
             readable = value
         else:
-            readable = f"try_cast({raw} as {c.type})"
+            readable = f"try_cast({raw} as {_t(c.type)})"
             value = readable
             unit = source.units.get(c.quantity or c.name)
             if unit:
@@ -180,11 +225,13 @@ def render_staging(source: Source, prune: bool = True) -> str:
             reasons.append(f"case when {raw} is null or trim({raw}) = '' then 'missing {c.name}' end")
         reasons.append(
             f"case when {raw} is not null and trim({raw}) <> '' and {readable} is null "
-            f"then '{c.name}: cannot read ''' || {raw} || ''' as {c.type.lower()}' end"
+            # (chr(39), the apostrophe: '' in a literal is one quote in DuckDB, two adjacent literals in Spark SQL)
+            f"then '{c.name}: cannot read ' || chr(39) || {raw} || chr(39) || ' as {c.type.lower()}' end"
         )
         if c.type == "DOUBLE":
             # 'NaN' and 'Infinity' read as doubles; NaN compares above every number in DuckDB
-            reasons.append(f"case when isnan({c.name}) or isinf({c.name}) then '{c.name} is not a finite number' end")
+            finite = f"{{{{ citylake_not_finite('{c.name}') }}}}"
+            reasons.append(f"case when {finite} then '{c.name} is not a finite number' end")
         if c.min is not None or c.max is not None:
             lo = "-inf" if c.min is None else repr(c.min)
             hi = "inf" if c.max is None else repr(c.max)
@@ -200,14 +247,17 @@ def render_staging(source: Source, prune: bool = True) -> str:
     method = source.district.get("from")
     if method == "coordinates":
         district = [
-            "        cast(null as varchar) as district_value",
-            f"        try_cast(cast({raw_expression(source.district['lat'])} as varchar) as double) as district_lat",
-            f"        try_cast(cast({raw_expression(source.district['lon'])} as varchar) as double) as district_lon",
+            f"        cast(null as {_TEXT}) as district_value",
+            *(
+                f"        try_cast(cast({raw_expression(source.district[a], _q)} as {_TEXT}) as double) as district_{a}"
+                for a in ("lat", "lon")
+            ),
         ]
     else:
-        value = f"nullif(trim(cast({raw_expression(source.district['column'])} as varchar)), '')" if method else "null"
+        column = raw_expression(source.district["column"], _q) if method else ""
+        value = f"nullif(trim(cast({column} as {_TEXT})), '')" if method else "null"
         district = [
-            f"        cast({value} as varchar) as district_value",
+            f"        cast({value} as {_TEXT}) as district_value",
             "        cast(null as double) as district_lat",
             "        cast(null as double) as district_lon",
         ]
@@ -218,7 +268,7 @@ def render_staging(source: Source, prune: bool = True) -> str:
     typed_cols = sep.join(typed)
     return f"""-- Generated by citylake from {source.where} in city.yaml. Do not edit: change city.yaml, or
 -- write staging/{staging_model_name(source)}.sql beside city.yaml to take over this source.
-{{% set bronze = source('bronze_{source.agency}', '{source.name}') %}}
+{{% set bronze = citylake_bronze('bronze_{source.agency}', '{source.name}') %}}
 with source as (
 
     select * from {{{{ bronze }}}}
@@ -229,10 +279,13 @@ with source as (
 
     -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
     -- copies loaded at one instant (two files of one run): the one from the later file path
-    select * from versions
-    qualify row_number() over (
-        partition by {key_columns} order by _ingested_at desc, _source_file desc nulls last
-    ) = 1
+    select * from (
+        select *, row_number() over (
+            partition by {key_columns} order by _ingested_at desc, _source_file desc nulls last
+        ) as _citylake_version
+        from versions
+    ) as numbered
+    where _citylake_version = 1
 
 ),
 
@@ -308,12 +361,12 @@ def render_window_versions(source: Source, entity: Entity) -> str:
     Both reads name the one view dbt-duckdb makes of the Delta table (`bronze`, set once: each
     source() call loads the table again), so they read one version of it; a CTE read twice would
     be materialized whole by DuckDB instead."""
-    keys = [_quote(k) for k in source.primary_key]
+    keys = [_q(k) for k in source.primary_key]
     time = entity.column(entity.time)
     raw = ""
     event_date = "'cast(null as date)'"  # (a Jinja string: the SQL of the event's city-local date)
     if entity.time in source.columns:
-        raw = f",\n            cast({raw_expression(source.columns[entity.time])} as varchar) as _time__raw"
+        raw = f",\n            cast({raw_expression(source.columns[entity.time], _q)} as {_TEXT}) as _time__raw"
         if time.type == "TIMESTAMPTZ":
             event_date = f"citylake_local_date(citylake_to_utc('_time__raw', '{source.timezone}'))"
         elif time.type == "DATE":
@@ -357,25 +410,25 @@ def render_union(entity: Entity, sources: list[Source], rule: Deduplicate | None
     record with `duplicate_of` (see render_deduplicate) and dated to its daily partition; a build keeps
     the records of its partition window."""
     if sources:
-        parts = "\n\nunion all by name\n\n".join(
+        parts = "\n\n{{ citylake_union_all_by_name() }}\n\n".join(
             f"select * from {{{{ ref('{staging_model_name(s)}') }}}}" for s in sources
         )
-        body = render_deduplicate(parts, rule)
+        body = render_deduplicate(parts, rule, entity)
         head = f"-- Generated by citylake: every source in city.yaml that feeds {entity.name}."
     else:
-        cols = ",\n".join(f"    cast(null as {c.type}) as {c.name}" for c in entity.columns)
+        cols = ",\n".join(f"    cast(null as {_t(c.type)}) as {c.name}" for c in entity.columns)
         body = f"""select
-    cast(null as varchar) as agency,
-    cast(null as varchar) as source_name,
-    cast(null as varchar) as record_key,
-    cast(null as timestamptz) as ingested_at,
+    cast(null as {_TEXT}) as agency,
+    cast(null as {_TEXT}) as source_name,
+    cast(null as {_TEXT}) as record_key,
+    cast(null as {_t("timestamptz")}) as ingested_at,
 {cols},
-    cast(null as varchar) as district_method,
-    cast(null as varchar) as district_value,
+    cast(null as {_TEXT}) as district_method,
+    cast(null as {_TEXT}) as district_value,
     cast(null as double) as district_lat,
     cast(null as double) as district_lon,
-    cast(null as varchar) as reject_reason,
-    cast(null as varchar) as duplicate_of
+    cast(null as {_TEXT}) as reject_reason,
+    cast(null as {_TEXT}) as duplicate_of
 where false"""
         head = f"-- Generated by citylake: no source in city.yaml feeds {entity.name}."
     time = entity.column(entity.time)
@@ -390,20 +443,31 @@ with unioned as (
 dated as (
 
     select
-        * exclude (reject_reason),
+        {union_columns(entity, ("reject_reason",))},
+        event_date,
         {{{{ citylake_partition_date('event_date', 'ingested_at') }}}} as partition_date,
         coalesce(reject_reason, {{{{ citylake_time_reject_reason('{entity.time}', 'event_date') }}}})
             as reject_reason
-    from (select *, {event_date} as event_date from unioned)
+    from (select *, {event_date} as event_date from unioned) as with_event_date
 
 )
 
-select * exclude (event_date) from dated
+select {union_columns(entity, ("reject_reason",))}, partition_date, reject_reason from dated
 where {{{{ citylake_window() }}}}
 """
 
 
-def render_deduplicate(union: str, rule: Deduplicate | None) -> str:
+def union_columns(entity: Entity, drop: tuple[str, ...] = ()) -> str:
+    """The columns every staging model of `entity` returns (render_staging's `final`), in order, and
+    the union's duplicate_of: listed rather than `* exclude (...)`, which Spark SQL lacks."""
+    names = [
+        "agency", "source_name", "record_key", "ingested_at", *(c.name for c in entity.columns),
+        "district_method", "district_value", "district_lat", "district_lon", "reject_reason", "duplicate_of",
+    ]
+    return ", ".join(n for n in names if n not in drop)
+
+
+def render_deduplicate(union: str, rule: Deduplicate | None, entity: Entity | None = None) -> str:
     """`union` (a select stacking an entity's sources) with `duplicate_of`: null, or for a record another
     source also delivered (`deduplicate.<entity>` in city.yaml), the kept record as 'agency/source key'.
 
@@ -413,12 +477,15 @@ def render_deduplicate(union: str, rule: Deduplicate | None) -> str:
     already rejected, or with a null match value, is never matched. Nothing is removed here: the facts
     skip `duplicate_of is not null` and quarantine_records lists it with the reason."""
     if rule is None:
-        return f"select *, cast(null as varchar) as duplicate_of from (\n\n{union}\n\n)\n"
+        text = _TEXT if entity else "varchar"
+        return f"select *, cast(null as {text}) as duplicate_of from (\n\n{union}\n\n) as sources\n"
     source = "agency || '/' || source_name"
     rank = " ".join(f"when {_sql_str(key)} then {i}" for i, key in enumerate(rule.prefer))
     order = f"case {source} {rank} else {len(rule.prefer)} end, " if rule.prefer else ""
     matchable = " and ".join(["reject_reason is null", *(f"{c} is not null" for c in rule.match)])
     columns = ", ".join(rule.match)
+    # (without `entity`, a union of any columns, in DuckDB only: tests/test_dedupe.py runs it on its own rows)
+    kept = union_columns(entity, ("duplicate_of",)) if entity else "* exclude (_matchable, _kept_source, _kept_record)"
     return f"""with unioned as (
 
 {union}
@@ -447,7 +514,7 @@ grouped as (
 )
 
 select
-    * exclude (_matchable, _kept_source, _kept_record),
+    {kept},
     case when _matchable and {source} <> _kept_source then _kept_record end as duplicate_of
 from grouped
 """
@@ -656,7 +723,10 @@ def _render(cfg: CityConfig, out: Path, final: Path) -> None:
                     "threads": 1,
                     "plugins": [{"module": "delta"}],
                     "settings": {"TimeZone": "UTC", **duckdb_limits()},
-                }
+                },
+                # `--target sail`: the same models on a Sail server over the same bronze Delta tables
+                # (orchestration/dbt_sail.py, docs/deploy.md "dbt on a cluster engine (Sail)")
+                "sail": SAIL_OUTPUT,
             },
         }
     }

@@ -29,12 +29,14 @@ def key_text(values: Sequence[Any]) -> str:
     return "|".join(_escaped(p) for p in parts)
 
 
-def key_sql(columns: Iterable[str]) -> str:
-    """The same text as key_text, as a DuckDB expression over already quoted column names."""
-    parts = [f"coalesce(cast({c} as varchar), '')" for c in columns]
+def key_sql(columns: Iterable[str], text_type: str = "varchar") -> str:
+    """The same text as key_text, as a SQL expression over already quoted column names (`text_type`: the
+    engine's text type). The backslash is chr(92): a backslash in a string literal escapes in Spark SQL
+    and not in DuckDB, so the expression means the same on both."""
+    parts = [f"coalesce(cast({c} as {text_type}), '')" for c in columns]
     if len(parts) == 1:
         return parts[0]
-    return " || '|' || ".join(f"replace(replace({p}, '\\', '\\\\'), '|', '\\|')" for p in parts)
+    return " || '|' || ".join(f"replace(replace({p}, chr(92), chr(92) || chr(92)), '|', chr(92) || '|')" for p in parts)
 
 
 def integer_text_problem(text: str) -> str | None:

@@ -109,7 +109,8 @@ def test_local_times_around_dst_are_read_as_documented():
     macros = (Path(__file__).resolve().parent.parent / "dbt_project" / "macros" / "citylake_time.sql").read_text()
     env = jinja2.Environment()
     env.globals["var"] = {"city_timezone": "America/Chicago"}.get
-    to_utc = env.from_string(macros).module.citylake_to_utc
+    # (the DuckDB form of the dispatched macro; tests/test_dbt_sail.py checks the Spark one on Sail)
+    to_utc = env.from_string(macros).module.duckdb__citylake_to_utc
     con = duckdb.connect()
     con.execute("set timezone = 'UTC'")
     expression = to_utc("raw", "America/Chicago")
@@ -138,8 +139,8 @@ def test_a_date_alone_is_the_city_s_calendar_day_whatever_the_source_zone():
     module = env.from_string(macros).module
     con = duckdb.connect()
     con.execute("set timezone = 'UTC'")
-    instant = module.citylake_to_utc("raw", "Asia/Kathmandu")
-    local_day = module.citylake_local_date(instant)
+    instant = module.duckdb__citylake_to_utc("raw", "Asia/Kathmandu")
+    local_day = module.duckdb__citylake_local_date(instant)
     got = con.execute(
         f"select cast({instant} as varchar), {local_day} from (values ('2021-01-01'), ('2021-01-01 00:30')) t(raw)"
     ).fetchall()

@@ -1,7 +1,14 @@
 {#- District assignment, the same for every entity. -#}
 
 {% macro citylake_normalize_alias(expr) -%}
+    {{ return(adapter.dispatch('citylake_normalize_alias', 'citylake')(expr)) }}
+{%- endmacro %}
+{% macro duckdb__citylake_normalize_alias(expr) -%}
     lower(regexp_replace(trim(cast({{ expr }} as varchar)), '\s+', ' ', 'g'))
+{%- endmacro %}
+{% macro spark__citylake_normalize_alias(expr) -%}
+    {#- Spark's regexp_replace replaces every match -#}
+    lower(regexp_replace(trim(cast({{ expr }} as string)), {{ citylake_regex('\\s+') }}, ' '))
 {%- endmacro %}
 
 {% macro citylake_assign_district(unioned) %}
@@ -49,10 +56,10 @@ placed as (
                 then 'outside city boundaries: ' || records.district_lat || ', ' || records.district_lon
             when records.district_method = 'code' and records.district_value is not null
                 and districts.code is null
-                then 'unknown district code ''' || records.district_value || ''''
+                then 'unknown district code ' || chr(39) || records.district_value || chr(39)
             when records.district_method = 'name' and records.district_value is not null
                 and aliases.district_code is null
-                then 'unknown district name ''' || records.district_value || ''' (add it to the district crosswalk)'
+                then 'unknown district name ' || chr(39) || records.district_value || chr(39) || ' (add it to the district crosswalk)'
         end as district_reject_reason
     from records
     left join points
@@ -71,7 +78,7 @@ placed as (
 final as (
 
     select
-        * exclude (reject_reason, district_reject_reason),
+        {{ citylake_star_except(ref(unioned), ['reject_reason', 'district_reject_reason'], added=['district_code']) }},
         coalesce(reject_reason, district_reject_reason) as reject_reason
     from placed
 

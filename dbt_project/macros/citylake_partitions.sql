@@ -42,7 +42,13 @@
 {%- endmacro %}
 
 {% macro citylake_local_today() -%}
+    {{ return(adapter.dispatch('citylake_local_today', 'citylake')()) }}
+{%- endmacro %}
+{% macro duckdb__citylake_local_today() -%}
     cast(now() at time zone '{{ var("city_timezone") }}' as date)
+{%- endmacro %}
+{% macro spark__citylake_local_today() -%}
+    cast(from_utc_timestamp(current_timestamp(), '{{ var("city_timezone") }}') as date)
 {%- endmacro %}
 
 {% macro citylake_partition_date(event_date, ingested_at) -%}

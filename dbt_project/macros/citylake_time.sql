@@ -1,6 +1,10 @@
 {#- Time helpers: every conformed timestamp is UTC; periods are taken in the city's local time. -#}
 
 {% macro citylake_to_utc(raw, timezone) -%}
+    {{ return(adapter.dispatch('citylake_to_utc', 'citylake')(raw, timezone)) }}
+{%- endmacro %}
+
+{% macro duckdb__citylake_to_utc(raw, timezone) -%}
     {#- A text timestamp to a UTC instant: one with an offset (Z, +02:00) is exact; one without is a
         wall time in the source's declared zone (daylight-saving days included). A date alone (a daily
         mean) is a calendar day of the city: its local midnight in the city's zone, so that it keeps its
@@ -16,12 +20,37 @@
     end
 {%- endmacro %}
 
+{% macro spark__citylake_to_utc(raw, timezone) -%}
+    {#- the same rules on Spark SQL: its TIMESTAMP is an instant, read and shown in the session's zone
+        (UTC in the `sail` profile); a wall time becomes UTC with to_utc_timestamp -#}
+    case
+        when {{ citylake_regexp_matches(raw, '\\d[T ]\\d\\d:\\d\\d(:\\d\\d(\\.\\d+)?)? ?(Z|[+-]\\d\\d(:?\\d\\d)?)$') }}
+            then try_cast({{ raw }} as timestamp)
+        when {{ citylake_regexp_matches('trim(' ~ raw ~ ')', '^\\d{4}-\\d\\d-\\d\\d$') }}
+            then to_utc_timestamp(try_cast(trim({{ raw }}) as timestamp), '{{ var("city_timezone") }}')
+        when year(try_cast({{ raw }} as timestamp)) between 1 and 9999
+            then to_utc_timestamp(try_cast({{ raw }} as timestamp), '{{ timezone }}')
+    end
+{%- endmacro %}
+
 {% macro citylake_local_date(ts) -%}
+    {{ return(adapter.dispatch('citylake_local_date', 'citylake')(ts)) }}
+{%- endmacro %}
+{% macro duckdb__citylake_local_date(ts) -%}
     cast(({{ ts }}) at time zone '{{ var("city_timezone") }}' as date)
+{%- endmacro %}
+{% macro spark__citylake_local_date(ts) -%}
+    cast(from_utc_timestamp({{ ts }}, '{{ var("city_timezone") }}') as date)
 {%- endmacro %}
 
 {% macro citylake_grains() -%}
-    (select unnest(['month', 'year']) as period_grain)
+    (select 'month' as period_grain union all select 'year')
+{%- endmacro %}
+
+{% macro citylake_period_start(grain, day) -%}
+    {#- the first day of `day`'s period of `grain` (a column: 'month' or 'year'); Sail's date_trunc takes
+        only a constant unit -#}
+    cast(case {{ grain }} when 'month' then date_trunc('month', {{ day }}) else date_trunc('year', {{ day }}) end as date)
 {%- endmacro %}
 
 {% macro citylake_period_slots(span_cte) -%}
@@ -29,20 +58,20 @@
         within the source's delivered span (`span_cte` has span_start, span_end), for coverage. -#}
     select
         g.period_grain,
-        cast(date_trunc(g.period_grain, d.date_day) as date) as period_start,
+        {{ citylake_period_start('g.period_grain', 'd.date_day') }} as period_start,
         count(*) as days,
-        count_if(isodow(d.date_day) = 1) as mondays,
+        count_if({{ citylake_isodow('d.date_day') }} = 1) as mondays,
         count(distinct date_trunc('month', d.date_day)) as months
     from {{ ref('dim_date') }} as d
     cross join {{ span_cte }} as s
     cross join {{ citylake_grains() }} as g
     where d.date_day between s.span_start and s.span_end
-    group by all
+    group by 1, 2
 {%- endmacro %}
 
 {% macro citylake_with_periods(relation, date_column) -%}
     {#- Each row once per grain, with its period_start. -#}
-    select r.*, g.period_grain, cast(date_trunc(g.period_grain, r.{{ date_column }}) as date) as period_start
+    select r.*, g.period_grain, {{ citylake_period_start('g.period_grain', 'r.' ~ date_column) }} as period_start
     from {{ relation }} as r
     cross join {{ citylake_grains() }} as g
 {%- endmacro %}

@@ -31,8 +31,8 @@ final as (
         cast(day as date) as date_day,
         cast(date_trunc('month', day) as date) as month_start,
         cast(date_trunc('year', day) as date) as year_start,
-        isodow(day) as iso_day_of_week
-    from bounds, range(first_day, last_day + interval 1 day, interval 1 day) as t(day)
+        {{ citylake_isodow('day') }} as iso_day_of_week
+    from bounds{{ citylake_days('first_day', 'last_day') }}
 
 )
 

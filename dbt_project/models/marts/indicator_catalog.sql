@@ -8,7 +8,7 @@ with definitions as (
 
 published as (
 
-    select indicator_id, count(*) as n_rows from {{ ref('indicators') }} group by all
+    select indicator_id, count(*) as n_rows from {{ ref('indicators') }} group by 1
 
 ),
 
@@ -32,14 +32,14 @@ final as (
         definitions.standard,
         definitions.domain,
         definitions.entity,
-        cast(definitions.better as varchar) as better,
+        cast(definitions.better as {{ citylake_type('varchar') }}) as better,
         case
             when coalesce(published.n_rows, 0) > 0 then null
             when definitions.indicator_id = 'svc_311_closed_within_target'
                 and (select count(*) from published where indicator_id = 'svc_311_median_days_to_close') > 0
                 then 'no value: no closed request has a category with a target; give '
                     || 'reference_data.service_categories (service_code, service_name, category, target_days) in city.yaml'
-            when definitions.entity in (select entity from entities_published)
+            when entities_published.entity is not null
                 then 'no value: the sources of ' || definitions.entity || ' deliver nothing for '
                     || definitions.indicator_name || ' (map its column in their columns: in city.yaml)'
             else 'no value: no published records of ' || definitions.entity
@@ -47,6 +47,7 @@ final as (
         end as note
     from definitions
     left join published on published.indicator_id = definitions.indicator_id
+    left join entities_published on entities_published.entity = definitions.entity
 
 )
 

@@ -11,7 +11,7 @@ with observations as (
         avg(no2) as no2,
         avg(o3) as o3
     from {{ ref('fct_air_quality_observations') }}
-    group by all
+    group by 1, 2, 3
 
 ),
 
@@ -26,7 +26,7 @@ final as (
         avg(no2) as no2,
         avg(o3) as o3
     from observations
-    group by all
+    group by 1, 2
 
 )
 

@@ -6,5 +6,5 @@ select
     sum(kwh) as kwh,
     count(distinct meter_id) as meters
 from {{ ref('fct_energy_consumption') }}
-group by all
+group by 1, 2, 3
 order by month_start, district_code, sector

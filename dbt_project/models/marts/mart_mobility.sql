@@ -6,5 +6,5 @@ select
     sum(boardings) as boardings,
     count(distinct stop_id) as stops
 from {{ ref('fct_transit_ridership') }}
-group by all
+group by 1, 2, 3
 order by service_date, district_code, mode

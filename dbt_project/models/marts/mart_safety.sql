@@ -6,5 +6,5 @@ select
     sum(injured) as injured,
     sum(dead_within_30_days) as deaths
 from {{ ref('fct_road_collisions') }}
-group by all
+group by 1, 2
 order by month_start, district_code

@@ -23,7 +23,7 @@ final as (
         median(days_to_close) filter (where is_closed) as median_days_to_close,
         count(*) filter (where is_on_time) as closed_within_target
     from requests
-    group by all
+    group by 1, 2, 3
 
 )
 

@@ -5,5 +5,5 @@ select
     stream,
     sum(tonnes) as tonnes
 from {{ ref('fct_waste_collection') }}
-group by all
+group by 1, 2, 3
 order by month_start, district_code, stream

@@ -25,7 +25,7 @@ final as (
         longitude,
         district_code,
         closed_at is not null as is_closed,
-        date_diff('second', requested_at, closed_at) / 86400.0 as days_to_close,
+        {{ citylake_seconds_between('requested_at', 'closed_at') }} / cast(86400 as double) as days_to_close,
         ingested_at,
         partition_date
     from requests

@@ -2,22 +2,22 @@
 with unioned as (
 
 select
-    cast(null as varchar) as agency,
-    cast(null as varchar) as source_name,
-    cast(null as varchar) as record_key,
-    cast(null as timestamptz) as ingested_at,
-    cast(null as VARCHAR) as collision_id,
-    cast(null as TIMESTAMPTZ) as accident_at,
-    cast(null as INTEGER) as dead_within_30_days,
-    cast(null as INTEGER) as injured,
-    cast(null as DOUBLE) as latitude,
-    cast(null as DOUBLE) as longitude,
-    cast(null as varchar) as district_method,
-    cast(null as varchar) as district_value,
+    cast(null as {{ citylake_type('varchar') }}) as agency,
+    cast(null as {{ citylake_type('varchar') }}) as source_name,
+    cast(null as {{ citylake_type('varchar') }}) as record_key,
+    cast(null as {{ citylake_type('timestamptz') }}) as ingested_at,
+    cast(null as {{ citylake_type('varchar') }}) as collision_id,
+    cast(null as {{ citylake_type('timestamptz') }}) as accident_at,
+    cast(null as {{ citylake_type('integer') }}) as dead_within_30_days,
+    cast(null as {{ citylake_type('integer') }}) as injured,
+    cast(null as {{ citylake_type('double') }}) as latitude,
+    cast(null as {{ citylake_type('double') }}) as longitude,
+    cast(null as {{ citylake_type('varchar') }}) as district_method,
+    cast(null as {{ citylake_type('varchar') }}) as district_value,
     cast(null as double) as district_lat,
     cast(null as double) as district_lon,
-    cast(null as varchar) as reject_reason,
-    cast(null as varchar) as duplicate_of
+    cast(null as {{ citylake_type('varchar') }}) as reject_reason,
+    cast(null as {{ citylake_type('varchar') }}) as duplicate_of
 where false
 
 ),
@@ -25,13 +25,14 @@ where false
 dated as (
 
     select
-        * exclude (reject_reason),
+        agency, source_name, record_key, ingested_at, collision_id, accident_at, dead_within_30_days, injured, latitude, longitude, district_method, district_value, district_lat, district_lon, duplicate_of,
+        event_date,
         {{ citylake_partition_date('event_date', 'ingested_at') }} as partition_date,
         coalesce(reject_reason, {{ citylake_time_reject_reason('accident_at', 'event_date') }})
             as reject_reason
-    from (select *, {{ citylake_local_date('accident_at') }} as event_date from unioned)
+    from (select *, {{ citylake_local_date('accident_at') }} as event_date from unioned) as with_event_date
 
 )
 
-select * exclude (event_date) from dated
+select agency, source_name, record_key, ingested_at, collision_id, accident_at, dead_within_30_days, injured, latitude, longitude, district_method, district_value, district_lat, district_lon, duplicate_of, partition_date, reject_reason from dated
 where {{ citylake_window() }}

@@ -2,25 +2,25 @@
 with unioned as (
 
 select
-    cast(null as varchar) as agency,
-    cast(null as varchar) as source_name,
-    cast(null as varchar) as record_key,
-    cast(null as timestamptz) as ingested_at,
-    cast(null as VARCHAR) as service_request_id,
-    cast(null as TIMESTAMPTZ) as requested_at,
-    cast(null as TIMESTAMPTZ) as closed_at,
-    cast(null as VARCHAR) as status,
-    cast(null as VARCHAR) as service_code,
-    cast(null as VARCHAR) as service_name,
-    cast(null as VARCHAR) as agency_responsible,
-    cast(null as DOUBLE) as latitude,
-    cast(null as DOUBLE) as longitude,
-    cast(null as varchar) as district_method,
-    cast(null as varchar) as district_value,
+    cast(null as {{ citylake_type('varchar') }}) as agency,
+    cast(null as {{ citylake_type('varchar') }}) as source_name,
+    cast(null as {{ citylake_type('varchar') }}) as record_key,
+    cast(null as {{ citylake_type('timestamptz') }}) as ingested_at,
+    cast(null as {{ citylake_type('varchar') }}) as service_request_id,
+    cast(null as {{ citylake_type('timestamptz') }}) as requested_at,
+    cast(null as {{ citylake_type('timestamptz') }}) as closed_at,
+    cast(null as {{ citylake_type('varchar') }}) as status,
+    cast(null as {{ citylake_type('varchar') }}) as service_code,
+    cast(null as {{ citylake_type('varchar') }}) as service_name,
+    cast(null as {{ citylake_type('varchar') }}) as agency_responsible,
+    cast(null as {{ citylake_type('double') }}) as latitude,
+    cast(null as {{ citylake_type('double') }}) as longitude,
+    cast(null as {{ citylake_type('varchar') }}) as district_method,
+    cast(null as {{ citylake_type('varchar') }}) as district_value,
     cast(null as double) as district_lat,
     cast(null as double) as district_lon,
-    cast(null as varchar) as reject_reason,
-    cast(null as varchar) as duplicate_of
+    cast(null as {{ citylake_type('varchar') }}) as reject_reason,
+    cast(null as {{ citylake_type('varchar') }}) as duplicate_of
 where false
 
 ),
@@ -28,13 +28,14 @@ where false
 dated as (
 
     select
-        * exclude (reject_reason),
+        agency, source_name, record_key, ingested_at, service_request_id, requested_at, closed_at, status, service_code, service_name, agency_responsible, latitude, longitude, district_method, district_value, district_lat, district_lon, duplicate_of,
+        event_date,
         {{ citylake_partition_date('event_date', 'ingested_at') }} as partition_date,
         coalesce(reject_reason, {{ citylake_time_reject_reason('requested_at', 'event_date') }})
             as reject_reason
-    from (select *, {{ citylake_local_date('requested_at') }} as event_date from unioned)
+    from (select *, {{ citylake_local_date('requested_at') }} as event_date from unioned) as with_event_date
 
 )
 
-select * exclude (event_date) from dated
+select agency, source_name, record_key, ingested_at, service_request_id, requested_at, closed_at, status, service_code, service_name, agency_responsible, latitude, longitude, district_method, district_value, district_lat, district_lon, duplicate_of, partition_date, reject_reason from dated
 where {{ citylake_window() }}

@@ -2,20 +2,20 @@
 with unioned as (
 
 select
-    cast(null as varchar) as agency,
-    cast(null as varchar) as source_name,
-    cast(null as varchar) as record_key,
-    cast(null as timestamptz) as ingested_at,
-    cast(null as DATE) as collected_on,
-    cast(null as VARCHAR) as stream,
-    cast(null as DOUBLE) as tonnes,
-    cast(null as VARCHAR) as route_id,
-    cast(null as varchar) as district_method,
-    cast(null as varchar) as district_value,
+    cast(null as {{ citylake_type('varchar') }}) as agency,
+    cast(null as {{ citylake_type('varchar') }}) as source_name,
+    cast(null as {{ citylake_type('varchar') }}) as record_key,
+    cast(null as {{ citylake_type('timestamptz') }}) as ingested_at,
+    cast(null as {{ citylake_type('date') }}) as collected_on,
+    cast(null as {{ citylake_type('varchar') }}) as stream,
+    cast(null as {{ citylake_type('double') }}) as tonnes,
+    cast(null as {{ citylake_type('varchar') }}) as route_id,
+    cast(null as {{ citylake_type('varchar') }}) as district_method,
+    cast(null as {{ citylake_type('varchar') }}) as district_value,
     cast(null as double) as district_lat,
     cast(null as double) as district_lon,
-    cast(null as varchar) as reject_reason,
-    cast(null as varchar) as duplicate_of
+    cast(null as {{ citylake_type('varchar') }}) as reject_reason,
+    cast(null as {{ citylake_type('varchar') }}) as duplicate_of
 where false
 
 ),
@@ -23,13 +23,14 @@ where false
 dated as (
 
     select
-        * exclude (reject_reason),
+        agency, source_name, record_key, ingested_at, collected_on, stream, tonnes, route_id, district_method, district_value, district_lat, district_lon, duplicate_of,
+        event_date,
         {{ citylake_partition_date('event_date', 'ingested_at') }} as partition_date,
         coalesce(reject_reason, {{ citylake_time_reject_reason('collected_on', 'event_date') }})
             as reject_reason
-    from (select *, collected_on as event_date from unioned)
+    from (select *, collected_on as event_date from unioned) as with_event_date
 
 )
 
-select * exclude (event_date) from dated
+select agency, source_name, record_key, ingested_at, collected_on, stream, tonnes, route_id, district_method, district_value, district_lat, district_lon, duplicate_of, partition_date, reject_reason from dated
 where {{ citylake_window() }}

@@ -11,7 +11,7 @@ citywide as (
 
     select 'CITY' as area_id, census_year, sum(population) as population
     from by_district
-    group by all
+    group by census_year
 
 ),
 

@@ -26,7 +26,7 @@ final as (
 
     select distinct
         {{ citylake_normalize_alias('alias') }} as alias_key,
-        cast(district_code as varchar) as district_code
+        cast(district_code as {{ citylake_type('varchar') }}) as district_code
     from aliases
     where alias is not null
 

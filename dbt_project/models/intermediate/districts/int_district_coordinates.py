@@ -1,25 +1,17 @@
-"""Point-in-polygon: every distinct coordinate pair a source gives -> the district that covers it.
-
-Vectorised with shapely's STRtree (no Python loop per point). A point on a shared boundary belongs to
-the district with the lowest code, so the assignment is deterministic.
-"""
+"""Point-in-polygon: every distinct coordinate pair a source gives -> the district that covers it
+(orchestration/district_points.py: the `sail` target computes the same table with the same code, as
+dbt-spark runs Python models only on Databricks)."""
 
 import pandas as pd
-import shapely
-from shapely import wkt
 
+from orchestration.district_points import place
 
 
 def model(dbt, session):
     dbt.config(materialized="table")
     # dim_district carries the polygons (city_districts, a seed, cannot: real ones exceed a CSV field)
-    districts = (
-        dbt.ref("dim_district")
-        .project("district_code as code, geometry_wkt")
-        .df()
-        .sort_values("code")
-        .reset_index(drop=True)
-    )
+    districts = dbt.ref("dim_district").project("district_code as code, geometry_wkt").df()
+    # (dbt reads a Python model's refs as literals: orchestration.dbt_sail.UNIONED lists the same six)
     frames = [
         dbt.ref("int_air_quality_observations__unioned"),
         dbt.ref("int_service_requests__unioned"),
@@ -37,14 +29,5 @@ def model(dbt, session):
             for rel in frames
         ],
         ignore_index=True,
-    ).drop_duplicates(ignore_index=True)
-    codes = pd.Series([None] * len(points), dtype="object")
-    if len(points):
-        geoms = [wkt.loads(w) for w in districts["geometry_wkt"]]
-        tree = shapely.STRtree(geoms)
-        pts = shapely.points(points["longitude"].to_numpy(), points["latitude"].to_numpy())
-        point_idx, geom_idx = tree.query(pts, predicate="covered_by")
-        hits = pd.DataFrame({"p": point_idx, "g": geom_idx}).sort_values(["p", "g"]).drop_duplicates("p")
-        codes.iloc[hits["p"].to_numpy()] = districts["code"].astype(str).to_numpy()[hits["g"].to_numpy()]
-    points["district_code"] = codes
-    return points
+    )
+    return place(districts, points)

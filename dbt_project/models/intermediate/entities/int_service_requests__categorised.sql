@@ -15,7 +15,7 @@ categories as (
 final as (
 
     select
-        requests.* exclude (reject_reason),
+        {{ citylake_star_except(ref('int_service_requests__districted'), ['reject_reason'], 'requests') }},
         coalesce(categories.category, 'uncategorised') as category,
         categories.target_days,
         coalesce(

@@ -17,13 +17,13 @@ streams as (
 final as (
 
     select
-        collections.* exclude (stream, reject_reason),
+        {{ citylake_star_except(ref('int_waste_collection__districted'), ['stream', 'reject_reason'], 'collections') }},
         collections.stream as source_stream,
         streams.stream,
         coalesce(
             collections.reject_reason,
             case when streams.stream is null
-                then 'unknown waste stream label ''' || collections.stream || ''' (add it to waste_streams)' end
+                then 'unknown waste stream label ' || chr(39) || collections.stream || chr(39) || ' (add it to waste_streams)' end
         ) as reject_reason
     from collections
     left join streams on streams.label_key = {{ citylake_normalize_alias('collections.stream') }}

@@ -28,7 +28,18 @@ slots as (
 
 readings as (
 
-    unpivot observations on pm25, pm10, no2, o3 into name pollutant value reading
+    -- one row per pollutant measured (an unpivot that leaves out nulls, in plain SQL)
+    select station_id, district_code, local_date, 'pm25' as pollutant, pm25 as reading
+    from observations where pm25 is not null
+    union all
+    select station_id, district_code, local_date, 'pm10' as pollutant, pm10 as reading
+    from observations where pm10 is not null
+    union all
+    select station_id, district_code, local_date, 'no2' as pollutant, no2 as reading
+    from observations where no2 is not null
+    union all
+    select station_id, district_code, local_date, 'o3' as pollutant, o3 as reading
+    from observations where o3 is not null
 
 ),
 
@@ -36,7 +47,7 @@ station_days as (
 
     select station_id, district_code, local_date, pollutant, avg(reading) as daily_mean
     from readings
-    group by all
+    group by 1, 2, 3, 4
 
 ),
 
@@ -59,7 +70,7 @@ station_periods as (
         avg(daily_mean) as station_mean,
         count(*) as station_days
     from periods
-    group by all
+    group by 1, 2, 3, 4, 5
 
 ),
 
@@ -71,7 +82,7 @@ area_periods as (
         count(*) as denominator,
         sum(station_days) as station_days
     from station_periods
-    group by all
+    group by 1, 2, 3, 4
 
 ),
 
@@ -92,7 +103,7 @@ final as (
         cast(a.denominator as double) as denominator,
         a.station_days / (a.denominator * s.days) as coverage
     from area_periods as a
-    inner join slots as s using (period_grain, period_start)
+    inner join slots as s on s.period_grain = a.period_grain and s.period_start = a.period_start
 
 )
 

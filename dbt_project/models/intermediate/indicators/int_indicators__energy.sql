@@ -50,7 +50,7 @@ measures as (
         count(*) as meter_months,
         count(distinct meter_id) as meters
     from sectors
-    group by all
+    group by 1, 2, 3, 4
 
 ),
 
@@ -66,7 +66,7 @@ final as (
         cast(population.population as double) as denominator,
         m.meter_months / (m.meters * s.months) as coverage
     from measures as m
-    inner join slots as s using (period_grain, period_start)
+    inner join slots as s on s.period_grain = m.period_grain and s.period_start = m.period_start
     {{ citylake_population('m') }}
 
 )

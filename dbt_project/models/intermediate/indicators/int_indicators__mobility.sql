@@ -39,7 +39,7 @@ measures as (
         count(distinct (stop_id, local_date)) as stop_days,
         count(distinct stop_id) as stops
     from periods
-    group by all
+    group by 1, 2, 3
 
 ),
 
@@ -55,7 +55,7 @@ final as (
         cast(population.population as double) as denominator,
         m.stop_days / (m.stops * s.days) as coverage
     from measures as m
-    inner join slots as s using (period_grain, period_start)
+    inner join slots as s on s.period_grain = m.period_grain and s.period_start = m.period_start
     {{ citylake_population('m') }}
 
 )

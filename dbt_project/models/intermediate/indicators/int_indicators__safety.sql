@@ -27,7 +27,7 @@ measures as (
         count(*) as collisions,
         count(district_code) as placed
     from periods
-    group by all
+    group by 1, 2, 3
 
 ),
 
@@ -38,9 +38,9 @@ final as (
         m.area_id,
         m.period_grain,
         m.period_start,
-        m.deaths / (population.population / 100000.0) as value,
+        m.deaths / (population.population / cast(100000 as double)) as value,
         cast(m.deaths as double) as numerator,
-        population.population / 100000.0 as denominator,
+        population.population / cast(100000 as double) as denominator,
         m.placed / m.collisions as coverage
     from measures as m
     {{ citylake_population('m') }}

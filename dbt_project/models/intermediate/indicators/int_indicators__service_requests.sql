@@ -38,7 +38,7 @@ measures as (
         count(*) as requests,
         count(district_code) as placed
     from periods
-    group by all
+    group by 1, 2, 3
 
 ),
 
@@ -55,7 +55,7 @@ final as (
     union all
     select
         'svc_311_closed_within_target', area_id, period_grain, period_start,
-        100.0 * on_time / closed_with_target,
+        cast(100 as double) * on_time / closed_with_target,
         cast(on_time as double),
         cast(closed_with_target as double),
         placed / requests

@@ -13,7 +13,7 @@ cadence as (
 
     select agency, source_name, bool_and(day(local_date) = 1) as is_monthly
     from facts
-    group by all
+    group by 1, 2
 
 ),
 
@@ -59,7 +59,7 @@ measures as (
         count(distinct (route_id, stream)) filter (where not is_monthly) as weekly_route_streams,
         count(distinct (route_id, stream)) filter (where is_monthly) as monthly_route_streams
     from periods
-    group by all
+    group by 1, 2, 3
 
 ),
 
@@ -70,7 +70,7 @@ joined as (
         population.population,
         m.records / (m.weekly_route_streams * s.mondays + m.monthly_route_streams * s.months) as coverage
     from measures as m
-    inner join slots as s using (period_grain, period_start)
+    inner join slots as s on s.period_grain = m.period_grain and s.period_start = m.period_start
     {{ citylake_population('m') }}
 
 ),
@@ -87,7 +87,7 @@ final as (
     union all
     select
         'iso37120_16_3', area_id, period_grain, period_start,
-        100.0 * recycled_tonnes / tonnes,
+        cast(100 as double) * recycled_tonnes / tonnes,
         recycled_tonnes,
         tonnes,
         coverage
