@@ -135,12 +135,18 @@ def run_a(root: Path, config: Path, label: str, py_spy: str | None = None) -> tu
     )
     out = root / f"{label}.parquet"
     if m.returncode == 0:
-        con = duckdb.connect(str(root / "lake" / "catalog.duckdb"), read_only=True)
-        try:
-            con.execute(f"copy (select {', '.join(COLUMNS)} from indicators order by all) to '{out}' (format parquet)")
-        finally:
-            con.close()
+        export_indicators(root / "lake" / "catalog.duckdb", out)
     return m, out
+
+
+def export_indicators(catalog: Path, out: Path) -> Path:
+    """The published indicators of `catalog` as a Parquet file (what `compare` reads)."""
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        con.execute(f"copy (select {', '.join(COLUMNS)} from indicators order by all) to '{out}' (format parquet)")
+    finally:
+        con.close()
+    return out
 
 
 def run_script(module: str, city: Path, out: Path, logfile: Path) -> measure.Measurement:

@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import measure
-from benchmarks.run import BIN, compare, generate, log, machine, pipeline_env, write_city_config
+from benchmarks.run import BIN, compare, export_indicators, generate, log, machine, pipeline_env, write_city_config
 from tests.rabbitmq import delete_vhost, make_vhost
 
 RESULTS = Path(__file__).with_name("SCALEOUT.md")
@@ -95,14 +95,6 @@ def _stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _indicators(catalog: Path, out: Path) -> Path:
-    import duckdb
-
-    with duckdb.connect(str(catalog), read_only=True) as con:
-        con.execute(f"copy (select * from indicators) to '{out}' (format parquet)")
-    return out
-
-
 def variant(work: Path, city: Path, label: str, workers: int = 0, s3: dict[str, str] | None = None) -> dict:
     root = work / label.replace(" ", "_")
     root.mkdir(parents=True)
@@ -136,7 +128,7 @@ def variant(work: Path, city: Path, label: str, workers: int = 0, s3: dict[str, 
         workers_cpu = sum(_tree_cpu(p) for p in pids) - before
     out = {"label": label, **m.as_dict(), "workers_cpu_s": workers_cpu}
     if m.returncode == 0:
-        out["indicators"] = str(_indicators(catalog, root / "indicators.parquet"))
+        out["indicators"] = str(export_indicators(catalog, root / "indicators.parquet"))
     return out
 
 
@@ -156,8 +148,13 @@ def render(scale: float, days: int, rows: list[dict], agree: dict[str, dict]) ->
     ]
     for r in rows:
         same = agree.get(r["label"])
-        equal = "(itself)" if r is rows[0] else ("run failed" if same is None else
-                                                  f"{'yes' if same['mismatches'] == 0 else 'NO'} ({same['rows']} rows)")
+        equal = (
+            "(itself)"
+            if r is rows[0]
+            else (
+                "run failed" if same is None else f"{'yes' if same['mismatches'] == 0 else 'NO'} ({same['rows']} rows)"
+            )
+        )
         lines.append(
             f"| {r['label']} | {r['wall_s']:.1f} | {r['wall_s'] / base:.2f} | {r['cpu_s'] + r['workers_cpu_s']:.1f} | "
             f"{r['peak_rss_mib']:.0f} | {equal} |"

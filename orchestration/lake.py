@@ -85,12 +85,9 @@ def _reason(exc: BaseException) -> str:
         parts.append(lines[-1])
     if code:
         parts.append(code.group(1))
-    text = ": ".join(dict.fromkeys(parts))
-    for name in SECRET_ENV:
-        value = os.environ.get(name, "")
-        if len(value) >= 3:
-            text = text.replace(value, f"<{name}>")
-    return text
+    from orchestration.connectors import redact_values
+
+    return redact_values(": ".join(dict.fromkeys(parts)), [os.environ.get(name, "") for name in SECRET_ENV])
 
 
 @contextmanager

@@ -495,7 +495,7 @@ def _patch_result(result: Any, outcomes: list[ExpectationOutcome]) -> None:
     result.success = all(o.success for o in outcomes)
 
 
-def data_docs(outcome: SuiteOutcome, path: Path) -> Path | None:
+def data_docs(outcome: SuiteOutcome, path: Path) -> Path:
     """The GX Data Docs page (HTML) of one validation run at `path`, rendered by GX from its validation
     result. A failed validation (the page an engineer opens next) is rendered now. A passing one is
     written as its outcome (`path` with `.json`, a few KB) and rendered from it when first asked for

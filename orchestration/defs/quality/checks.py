@@ -138,11 +138,10 @@ def check_result(outcome: SuiteOutcome, key: list[str], run_id: str, volume: Vol
         ),
         "offending_rows_sample": dg.MetadataValue.md(_sample_md(outcome)),
     }
-    if docs:
-        # served by the docs server `citylake dev` starts (a browser does not follow file:// from the UI)
-        metadata["data_docs"] = dg.MetadataValue.url(docs_url(f"data-docs/{docs.parent.name}/{docs.name}"))
-        if docs.is_file():  # a failed validation's page; a passing one is rendered when first served
-            metadata["data_docs_path"] = dg.MetadataValue.path(str(docs))
+    # served by the docs server `citylake dev` starts (a browser does not follow file:// from the UI)
+    metadata["data_docs"] = dg.MetadataValue.url(docs_url(f"data-docs/{docs.parent.name}/{docs.name}"))
+    if docs.is_file():  # a failed validation's page; a passing one is rendered when first served
+        metadata["data_docs_path"] = dg.MetadataValue.path(str(docs))
     return dg.AssetCheckResult(
         passed=outcome.success,
         severity=dg.AssetCheckSeverity.ERROR,
