@@ -724,7 +724,8 @@ def main() -> int:
             "bronze": io,
             "bronze_read_mib": sum(v["active_before"] + v["active_after"] for v in io.values()) / 2**20,
             "agree": compare(inc_out, floor_out) if m.returncode == 0 else {"rows": 0, "mismatches": -1},
-            "failures": [] if m.returncode == 0 else failed_lines(work, "newday.log"),
+            # a failed run counts as failed even when its log names no failed asset (an import error)
+            "failures": [] if m.returncode == 0 else failed_lines(work, "newday.log") or [f"exit {m.returncode}"],
         }
         log(f"  new day: {m.wall_s:.1f} s wall ({inc['pct']:.1f} % of the full rebuild)")
 

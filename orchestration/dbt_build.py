@@ -55,18 +55,20 @@ SAIL_OUTPUT = {
     "server_side_parameters": {"spark.sql.session.timeZone": "UTC"},
 }
 
-#: the environment variable bounding DuckDB's memory in the pipeline (e.g. 2GB); unset: DuckDB's default,
-#: 80 % of the machine's memory
+#: the environment variable bounding DuckDB's memory in the pipeline (a DuckDB size, e.g. 2GB)
 MEMORY_LIMIT_ENV = "CITYLAKE_DUCKDB_MEMORY_LIMIT"
+#: its default: DuckDB's own (80 % of the machine's memory, per connection) let dbt's warehouse hold 4 GB at
+#: scale 10 beside the run's own process; under this, the heaviest model ran ~10 % slower (it spills)
+DEFAULT_MEMORY_LIMIT = "1GB"
 
 
 def duckdb_limits() -> dict[str, str]:
-    """DuckDB settings of the pipeline's warehouse connections (dbt's, the model gates'): with
-    $CITYLAKE_DUCKDB_MEMORY_LIMIT set, at most that much memory, what does not fit spilled to DuckDB's
-    own temporary folder beside the warehouse (<state_dir>/warehouse.duckdb.tmp). Unset: DuckDB's
-    default, which lets its buffers grow to 80 % of the machine's memory."""
-    limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
-    return {"memory_limit": limit} if limit else {}
+    """DuckDB settings of the pipeline's warehouse connections (dbt's, the model gates' read-only ones): at
+    most $CITYLAKE_DUCKDB_MEMORY_LIMIT of memory (default DEFAULT_MEMORY_LIMIT), what does not fit spilled
+    to DuckDB's temporary folder beside the warehouse (<state_dir>/warehouse.duckdb.tmp). `none` leaves
+    DuckDB's own default, 80 % of the machine's memory."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip() or DEFAULT_MEMORY_LIMIT
+    return {} if limit.lower() == "none" else {"memory_limit": limit}
 
 
 @functools.cache
@@ -461,8 +463,17 @@ def union_columns(entity: Entity, drop: tuple[str, ...] = ()) -> str:
     """The columns every staging model of `entity` returns (render_staging's `final`), in order, and
     the union's duplicate_of: listed rather than `* exclude (...)`, which Spark SQL lacks."""
     names = [
-        "agency", "source_name", "record_key", "ingested_at", *(c.name for c in entity.columns),
-        "district_method", "district_value", "district_lat", "district_lon", "reject_reason", "duplicate_of",
+        "agency",
+        "source_name",
+        "record_key",
+        "ingested_at",
+        *(c.name for c in entity.columns),
+        "district_method",
+        "district_value",
+        "district_lat",
+        "district_lon",
+        "reject_reason",
+        "duplicate_of",
     ]
     return ", ".join(n for n in names if n not in drop)
 
@@ -521,6 +532,10 @@ from grouped
 
 
 def render_sources(cfg: CityConfig) -> dict:
+    """dbt's sources: one per agency, a table per bronze Delta table (its path in meta.delta_table_path).
+    A lake on object storage is read through dbt-duckdb's delta plugin (each build registers the tables'
+    Arrow datasets); a local lake's tables are views in the warehouse over their Parquet files
+    (`bronze_views`, refreshed before every dbt build)."""
     by_agency: dict[str, list[Source]] = {}
     for s in cfg.sources:
         by_agency.setdefault(s.agency, []).append(s)
@@ -539,11 +554,60 @@ def render_sources(cfg: CityConfig) -> dict:
             {
                 "name": f"bronze_{agency}",
                 "description": f"Bronze tables of the {agency} agency.",
-                "meta": {"plugin": "delta"},
+                **({} if native_bronze(cfg) else {"meta": {"plugin": "delta"}}),
                 "tables": tables,
             }
         )
     return {"version": 2, "sources": sources}
+
+
+def native_bronze(cfg: CityConfig) -> bool:
+    """Whether dbt reads bronze through views in the warehouse (a lake on local disk) rather than through
+    dbt-duckdb's delta plugin (a lake on object storage: DuckDB cannot read s3:// without its httpfs
+    extension, which cannot be installed offline)."""
+    return "://" not in str(cfg.lake_path("bronze"))
+
+
+def bronze_views(cfg: CityConfig) -> None:
+    """Point each `bronze_<agency>.<source>` view of the warehouse at its Delta table's current Parquet files
+    (from the Delta log), read by DuckDB's own Parquet reader: it scans in DuckDB's memory, under its
+    memory limit, where the delta plugin's Arrow dataset scan kept about a gigabyte of Arrow buffers
+    beside it at scale 10, and prunes row groups by their statistics. Every column of the Delta schema
+    is there with its Delta type (a column of no file yet is null). Called before every dbt build: a
+    view is the table as of the last refresh (an older Delta version, never a mix), so a `dbt build` run
+    by hand after a load reads the earlier snapshot until citylake's next build."""
+    if not native_bronze(cfg):
+        return
+    import duckdb
+    import pyarrow as pa
+
+    from orchestration import lake
+    from orchestration.quality import quote
+
+    with duckdb.connect(str(cfg.state_dir / "warehouse.duckdb"), config=duckdb_limits()) as con:
+        for s in cfg.sources:
+            table = lake.open_table(lake.bronze_uri(cfg, s.agency, s.name))
+            if table is None:
+                continue
+            schema, name = quote(f"bronze_{s.agency}"), quote(s.name)
+            con.register("_citylake_delta_schema", pa.schema(table.schema().to_arrow()).empty_table())
+            types = {r[0]: r[1] for r in con.execute("describe _citylake_delta_schema").fetchall()}
+            con.unregister("_citylake_delta_schema")
+            files = table.file_uris()
+            scan = f"read_parquet([{', '.join(_sql_str(f) for f in files)}], union_by_name = true)"
+            present = {r[0] for r in con.execute(f"describe select * from {scan}").fetchall()} if files else set()
+            columns = ", ".join(
+                f"cast({quote(c) if c in present else 'null'} as {t}) as {quote(c)}" for c, t in types.items()
+            )
+            con.execute(f"create schema if not exists {schema}")
+            kind = con.execute(
+                "select table_type from information_schema.tables where table_schema = ? and table_name = ?",
+                [f"bronze_{s.agency}", s.name],
+            ).fetchall()
+            if kind and kind[0][0] != "VIEW":
+                con.execute(f"drop table {schema}.{name}")
+            body = f"from {scan}" if files else "where false"
+            con.execute(f"create or replace view {schema}.{name} as select {columns} {body}")
 
 
 def _district_rows(cfg: CityConfig) -> list[dict]:
@@ -816,11 +880,22 @@ def dbt_env() -> None:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Write a city's generated staging models to <city folder>/generated/")
-    parser.add_argument("--write-generated", metavar="CONFIG", required=True, help="the city's city.yaml")
+    parser = argparse.ArgumentParser(description="Tools for a city's dbt project (citylake runs dbt itself)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--write-generated", metavar="CONFIG", help="write the city's generated staging models to <city>/generated/"
+    )
+    what.add_argument(
+        "--bronze-views",
+        metavar="CONFIG",
+        help="point the warehouse's bronze views at the lake's current files (before a `dbt build` run by hand)",
+    )
     args = parser.parse_args()
     from orchestration.config import load_config
 
-    config = load_config(args.write_generated)
-    for path in write_generated(config, config.base_dir / "generated"):
-        print(path)
+    if args.bronze_views:
+        bronze_views(load_config(args.bronze_views))
+    else:
+        config = load_config(args.write_generated)
+        for path in write_generated(config, config.base_dir / "generated"):
+            print(path)

@@ -209,10 +209,11 @@ def site_index(cfg: CityConfig) -> str:
 def build_dbt_docs(cfg: CityConfig) -> Path:
     """`dbt docs generate` over the city's project and warehouse into <state_dir>/docs/dbt (its own target
     path: the manifest Dagster loads stays as it is); returns the folder."""
-    from orchestration.dbt_build import build_project, dbt_env
+    from orchestration.dbt_build import bronze_views, build_project, dbt_env
 
     project = build_project(cfg)
     target = site_dir(cfg) / "dbt"
+    bronze_views(cfg)
     dbt_env()
     from dbt.cli.main import dbtRunner
 

@@ -10,10 +10,11 @@ The rules, in one place:
   `<lake>/quarantine/<agency>/<source>` with its reason; so does a row a connector could not read.
   Quarantine rows are keyed by a hash of (record, reason): a rerun never duplicates them.
 - Files: each file's rows replace that file's earlier rows (overwrite by `_source_file`); unchanged
-  files are skipped. Sources with a `cursor:` are read from the last stored cursor and upserted by
-  primary key: SQL sources one commit per batch (read in cursor order), APIs one commit per load
-  (an API's page order is its own). Sources without either are full snapshots and replace the
-  table in one commit.
+  files are skipped. The files of one load are committed together, one Delta commit per
+  BRONZE_COMMIT_BYTES of rows (a file read in pieces streams in a commit of its own).
+- Sources with a `cursor:` are read from the last stored cursor and upserted by primary key: SQL
+  sources one commit per batch (read in cursor order), APIs one commit per load (an API's page order
+  is its own). Sources without either are full snapshots and replace the table in one commit.
 - MQTT batches (delivered at least once) are upserted by primary key; an identical redelivery is
   dropped silently; a batch file is moved to `ingested/` only after its rows are committed.
 - Schema drift: incoming columns are cast to bronze's types. A new column is added to bronze (and
@@ -57,6 +58,9 @@ from orchestration.quality import bronze_suite, split_rows
 
 #: a file's rejects are written to quarantine in batches of this many (bounded memory for a bad file)
 QUARANTINE_FLUSH = 50_000
+#: new and changed files of a load are committed to bronze together, one Delta commit each time this much
+#: Arrow data is waiting (a first load of a year of daily files: a few commits, not one per file)
+BRONZE_COMMIT_BYTES = 64 * 2**20
 #: a long load says how far it got (rows read, rows/s) this often, in seconds
 PROGRESS_EVERY_S = 5.0
 META_COLUMNS = ("_ingested_at", "_batch", "_source_file", "_source_checksum")
@@ -484,6 +488,8 @@ class _Loader:
         self.started = self.last_tick = time.perf_counter()
         self.missing: set[str] = set()
         self.bronze_files: set[str] = set()
+        #: files read and checked whose rows wait for the next bronze commit (`flush`)
+        self.pending: list[tuple[str, pa.Table]] = []
         self.suite = bronze_suite(source)
         self.spill_root = cfg.state_dir / "spill"
         # resolved first: a missing key fails the load before anything is written
@@ -542,10 +548,26 @@ class _Loader:
             )
             self.result.quarantined += len(rejected)
 
-    def written(self, rows: int, landed: int, rejected: int, what: str = "") -> None:
-        self.schema = lake.schema(self.uri)
+    def written(
+        self, rows: int, landed: int, rejected: int, what: str = "", committed: bool = True, say: bool = True
+    ) -> None:
+        if committed:
+            self.schema = lake.schema(self.uri)
         self.result.rows_written += rows
-        self.log(f"{self.source.key}: {landed} rows landed ({rows} new or changed), {rejected} quarantined{what}")
+        if say:
+            self.log(f"{self.source.key}: {landed} rows landed ({rows} new or changed), {rejected} quarantined{what}")
+
+    def flush(self) -> None:
+        """Commit the files waiting in `pending` to bronze in one Delta commit: each file's rows replace that
+        file's earlier rows (a file now without good rows leaves none)."""
+        if not self.pending:
+            return
+        files = [f for f, _ in self.pending]
+        data = pa.concat_tables([t for _, t in self.pending], promote_options="permissive")
+        lake.overwrite_where(self.uri, data, "_source_file", files)
+        self.pending = []
+        self.schema = lake.schema(self.uri)
+        self.log(f"{self.source.key}: {len(files)} file(s), {data.num_rows} rows committed to bronze")
 
     def compare(self, table: pa.Table) -> list[str]:
         return [c for c in table.column_names if c not in UNCOMPARED and c not in self.source.primary_key]
@@ -554,8 +576,9 @@ class _Loader:
         """A file's rows replace that file's earlier rows, in one Delta commit whatever the file's size.
 
         The file comes in pieces, each checked like any landing (keys repeated across pieces too). Its
-        rejects reach quarantine before its rows reach bronze (flushed every QUARANTINE_FLUSH). A file
-        of more than one piece is spilled to <state_dir>/spill and written from there in one commit. A
+        rejects reach quarantine before its rows reach bronze (flushed every QUARANTINE_FLUSH). A file of
+        one piece waits in `pending` and is committed with the files after it (`flush`); a file of more
+        than one piece is spilled to <state_dir>/spill and written from there in a commit of its own. A
         file found unreadable part way is recorded whole in quarantine and none of its rows are written;
         one that changed while it was read is left for the next run.
         """
@@ -582,7 +605,14 @@ class _Loader:
             self.quarantine(held, landing, file_done=good == 0)
             if good or landing.file in self.bronze_files:
                 data = spill.data() if good else _with_meta(pa.table({}), self.batch, self.now, landing)
-                lake.overwrite_where(self.uri, data, "_source_file", landing.file)
+                if isinstance(data, pa.Table):
+                    # a file read in one piece waits for the load's next commit (with the files after it)
+                    self.pending.append((landing.file, data))
+                    if sum(t.nbytes for _, t in self.pending) >= BRONZE_COMMIT_BYTES:
+                        self.flush()
+                else:
+                    # a file spilled in pieces is streamed to bronze in a commit of its own
+                    lake.overwrite_where(self.uri, data, "_source_file", [landing.file])
         except UnreadableFile as exc:
             self.refuse(landing, str(exc))
             return
@@ -592,7 +622,10 @@ class _Loader:
         finally:
             spill.close()
         self.result.files_loaded.append(landing.file)
-        self.written(good, good, rejected, f" from {landing.file}")
+        # a line per file that had rejects or replaced earlier rows (each line is a Dagster event: a year of
+        # clean daily files says itself in the commits' lines)
+        say = bool(rejected) or landing.file in self.bronze_files
+        self.written(good, good, rejected, f" from {landing.file}", committed=False, say=say)
 
     def refuse(self, landing: Landing, reason: str) -> None:
         """A file that cannot be read at all: one quarantine record with the reason, and its earlier rows go."""
@@ -600,7 +633,7 @@ class _Loader:
         self.quarantine([Rejected(landing.file, reason[:1000], landing.file)], landing, file_done=True)
         if landing.file in self.bronze_files:
             empty = _with_meta(pa.table({}), self.batch, self.now, landing)
-            lake.overwrite_where(self.uri, empty, "_source_file", landing.file)
+            lake.overwrite_where(self.uri, empty, "_source_file", [landing.file])
         self.result.files_loaded.append(landing.file)
         self.written(0, 0, 1, f" from {landing.file} (refused: {reason[:200]})")
 
@@ -707,6 +740,7 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
             # an API pages in its own order (often newest first): its pages are committed together, so
             # a load that fails half way commits nothing and cannot move the cursor past unread records
             pending.append(landing)
+    loader.flush()
     if pending and source.kind == "mqtt":
         loader.load_upsert(pending, drop_identical=True)
     elif pending and col:

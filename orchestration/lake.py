@@ -194,9 +194,9 @@ def _sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def overwrite_where(uri: str, data: pa.Table | pa.RecordBatchReader, column: str, value: str) -> None:
-    """Replace the rows whose `column` equals `value` with `data` (the unit a load owns, e.g. one file), in one
-    commit; `data` may be a stream of batches (a big file), written without holding it in memory."""
+def overwrite_where(uri: str, data: pa.Table | pa.RecordBatchReader, column: str, values: Sequence[str]) -> None:
+    """Replace the rows whose `column` is one of `values` with `data` (the units a load owns, e.g. files), in
+    one commit; `data` may be a stream of batches (a big file), written without holding it in memory."""
     dt = open_table(uri)
     if dt is None:
         append(uri, data)
@@ -208,7 +208,7 @@ def overwrite_where(uri: str, data: pa.Table | pa.RecordBatchReader, column: str
             uri,
             data,
             mode="overwrite",
-            predicate=f"{column} = {_sql_literal(value)}",
+            predicate=f"{column} in ({', '.join(_sql_literal(v) for v in values)})",
             storage_options=storage_options(uri),
         ),
     )

@@ -30,6 +30,7 @@ previous validated row count less the allowed drop).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -624,6 +625,26 @@ def split_rows(suite: dict, table: pa.Table) -> tuple[pa.Table, list[tuple[int, 
     return table.filter(keep), sorted(reasons.items())
 
 
+@functools.cache
+def _scratch_database() -> Any:
+    import duckdb
+
+    return duckdb.connect()
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[Any]:
+    """A fresh DuckDB connection to this process's one in-memory scratch database, for queries over Arrow
+    data registered on it (the row gate, a load's gate). Opening a database costs ~20 ms, more than
+    gating a typical file: a load of hundreds of files opened one per file. Each call gets its own
+    connection (cursor), so registered names and settings never meet another caller's, in any thread."""
+    con = _scratch_database().cursor()
+    try:
+        yield con
+    finally:
+        con.close()
+
+
 def _reason(exp: dict) -> str:
     return f"failed {exp['type']}({exp['kwargs'].get('column')})"
 
@@ -637,7 +658,7 @@ def _failing_rows_duckdb(row_level: list[dict], table: pa.Table) -> dict[int, st
         return None
     columns = table.select(list(dict.fromkeys(e["kwargs"]["column"] for e in row_level)))
     row = "_citylake_row"
-    with duckdb.connect() as con:
+    with scratch() as con:
         con.register("landing", columns.append_column(row, pa.array(np.arange(table.num_rows), pa.int64())))
         types = {r[0]: str(r[1]) for r in con.execute("describe landing").fetchall()}
         cases, params = [], []
@@ -727,8 +748,6 @@ def validate_load(suite: dict, uri: str, batch: str | None, fresh_column: str | 
     = its run id; a rerun's unchanged rows are not rewritten, so they are not judged again), the column
     expectations on the table's columns, the volume rule on the table's total rows (from the Delta log)
     and freshness (`_age_hours`, from `fresh_column`) on the table's newest row."""
-    import duckdb
-
     from orchestration.lake import open_table, rows_where
 
     table = open_table(uri)
@@ -737,7 +756,7 @@ def validate_load(suite: dict, uri: str, batch: str | None, fresh_column: str | 
     total = _delta_rows(table)
     fresh = [e for e in suite["expectations"] if fresh_column and e.get("kwargs", {}).get("column") == AGE_COLUMN]
     rest = {**suite, "expectations": [e for e in suite["expectations"] if e not in fresh]}
-    with duckdb.connect() as con:
+    with scratch() as con:
         con.execute("set TimeZone = 'UTC'")
         con.register("bronze", table.to_pyarrow_dataset())
         if total is None:  # a file without statistics: counted

@@ -308,7 +308,7 @@ def _writer(uri: str, writer: int, barrier, results) -> None:
             lake_.append(uri, data, commit_properties=CommitProperties(custom_metadata={"test_label": label}))
         else:
             label = f"unit = '{unit}'"  # the commit's predicate
-            lake_.overwrite_where(uri, data, "unit", unit)
+            lake_.overwrite_where(uri, data, "unit", [unit])
         commits.append((label, read))
 
     for i in range(ROUNDS):

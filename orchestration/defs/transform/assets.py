@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets
 from packaging import version
 
 from orchestration.city import city, dbt_project_dir, domain_owners
-from orchestration.dbt_build import dbt_env
+from orchestration.dbt_build import bronze_views, dbt_env
 from orchestration.entities import domain_of
 from orchestration.partitions import EARLIEST, daily_partitions, window_vars
 from orchestration.progress import counted_models
@@ -155,6 +155,11 @@ class CityDbtResource(DbtCliResource):
 
     def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> None:
         return None
+
+    def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
+        """Every dbt build first points the warehouse's bronze views at the Delta tables' current files."""
+        bronze_views(city())
+        return super().cli(args, **kwargs)
 
 
 # the dbt of this environment, whether or not the venv is on PATH

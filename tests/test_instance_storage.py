@@ -1,0 +1,112 @@
+"""Dagster's SQLite event log with citylake's batch write (orchestration/instance_storage.py,
+`batched_sqlite_events`): a run over a range of days stores its per-day materializations a batch at a
+time. It must record exactly what Dagster's own one-at-a-time writes record: the same partitions
+materialized, one event per partition, the same latest materialization, whatever the range and the
+batch size."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    BackfillPolicy,
+    DagsterInstance,
+    DailyPartitionsDefinition,
+    asset,
+    materialize,
+)
+from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.base import EventLogStorage
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from orchestration import instance_storage
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "orchestration" / "instance" / "dagster.yaml"
+
+
+def _instance(home: Path) -> DagsterInstance:
+    """An instance made as citylake makes one (its template: SQLite storage under the folder)."""
+    home.mkdir()
+    shutil.copyfile(TEMPLATE, home / "dagster.yaml")
+    return DagsterInstance.from_config(str(home))
+
+
+def _record(instance: DagsterInstance, partitions: DailyPartitionsDefinition, ranges: list[tuple[str, str]]) -> dict:
+    """Materialize `ranges` of days of two assets, one run per range; what the instance then says."""
+
+    @asset(partitions_def=partitions, backfill_policy=BackfillPolicy.single_run())
+    def upstream(context) -> None:
+        context.log.info(f"{len(context.partition_keys)} days")
+
+    @asset(partitions_def=partitions, backfill_policy=BackfillPolicy.single_run(), deps=[upstream])
+    def downstream(context) -> None:
+        context.log.info(f"{len(context.partition_keys)} days")
+
+    for start, end in ranges:
+        tags = {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
+        assert materialize([upstream, downstream], instance=instance, tags=tags).success
+    out = {}
+    for name in ("upstream", "downstream"):
+        key = AssetKey(name)
+        records = instance.fetch_materializations(key, limit=10_000).records
+        latest = instance.get_latest_materialization_event(key)
+        out[name] = {
+            "partitions": sorted(instance.get_materialized_partitions(key)),
+            "events": sorted(r.partition_key for r in records),
+            "distinct ids": len({r.storage_id for r in records}) == len(records),
+            "latest": latest.dagster_event.partition if latest else None,
+            "latest run": latest.run_id if latest else None,
+            "runs": len(instance.get_runs()),
+        }
+    return out
+
+
+@pytest.mark.parametrize("seed", [3, 17])
+def test_batched_event_log_records_what_dagsters_own_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = random.Random(seed)
+    start = dt.date(2000, 1, 1) + dt.timedelta(days=rng.randrange(9000))
+    days = rng.randrange(40, 250)
+    partitions = DailyPartitionsDefinition(
+        start_date=start.isoformat(), end_date=(start + dt.timedelta(days)).isoformat()
+    )
+    keys = partitions.get_partition_keys()
+    # a first range, then an overlapping later one (a rerun of some days, then new ones)
+    a, b = sorted(rng.sample(range(len(keys)), 2))
+    c = rng.randrange(a, b + 1)
+    ranges = [(keys[a], keys[b]), (keys[c], keys[-1])]
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", str(rng.choice([7, 1000])))
+    written: list[int] = []
+    batch_write = instance_storage._store_event_batch
+
+    def counted(storage, events):
+        written.append(len(events))
+        batch_write(storage, events)
+
+    monkeypatch.setattr(instance_storage, "_store_event_batch", counted)
+    monkeypatch.setattr(SqliteEventLogStorage, "store_event_batch", EventLogStorage.store_event_batch)
+    instance_storage.batched_sqlite_events()
+    with _instance(tmp_path / "city") as city:
+        assert isinstance(city.event_log_storage, SqliteEventLogStorage)
+        batched = _record(city, partitions, ranges)
+    assert max(written) > 1, "the materializations went through the batch write"
+
+    monkeypatch.setattr(SqliteEventLogStorage, "store_event_batch", EventLogStorage.store_event_batch)
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")
+    with _instance(tmp_path / "stock") as stock:
+        own = _record(stock, partitions, ranges)
+
+    for name in ("upstream", "downstream"):
+        expected = sorted(set(keys[a : b + 1]) | set(keys[c:]))
+        assert batched[name]["partitions"] == own[name]["partitions"] == expected
+        assert batched[name]["events"] == own[name]["events"]
+        assert len(batched[name]["events"]) == (b - a + 1) + (len(keys) - c)
+        assert batched[name]["distinct ids"] and own[name]["distinct ids"]
+        assert batched[name]["latest"] == own[name]["latest"] == keys[-1]
+        assert batched[name]["runs"] == own[name]["runs"] == 2
