@@ -604,7 +604,7 @@ class _Loader:
                     spill.add(table)
             self.quarantine(held, landing, file_done=good == 0)
             if good or landing.file in self.bronze_files:
-                data = spill.data() if good else _with_meta(pa.table({}), self.batch, self.now, landing)
+                data = spill.data() if good else self.no_rows(landing)
                 if isinstance(data, pa.Table):
                     # a file read in one piece waits for the load's next commit (with the files after it)
                     self.pending.append((landing.file, data))
@@ -627,12 +627,19 @@ class _Loader:
         say = bool(rejected) or landing.file in self.bronze_files
         self.written(good, good, rejected, f" from {landing.file}", committed=False, say=say)
 
+    def no_rows(self, landing: Landing) -> pa.Table:
+        """No rows, with bronze's columns: what replaces the rows of a file that now has none for bronze (a
+        predicate overwrite takes data of the table's schema)."""
+        if self.schema is None:
+            return _with_meta(pa.table({}), self.batch, self.now, landing)
+        return self.schema.empty_table()
+
     def refuse(self, landing: Landing, reason: str) -> None:
         """A file that cannot be read at all: one quarantine record with the reason, and its earlier rows go."""
         self.result.rows_read += 1
         self.quarantine([Rejected(landing.file, reason[:1000], landing.file)], landing, file_done=True)
         if landing.file in self.bronze_files:
-            empty = _with_meta(pa.table({}), self.batch, self.now, landing)
+            empty = self.no_rows(landing)
             lake.overwrite_where(self.uri, empty, "_source_file", [landing.file])
         self.result.files_loaded.append(landing.file)
         self.written(0, 0, 1, f" from {landing.file} (refused: {reason[:200]})")

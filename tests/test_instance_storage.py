@@ -1,5 +1,5 @@
-"""Dagster's SQLite event log with citylake's batch write (orchestration/instance_storage.py,
-`batched_sqlite_events`): a run over a range of days stores its per-day materializations a batch at a
+"""Dagster's SQLite event log with citylake's batch write and kept engines (orchestration/instance_storage.py,
+`faster_sqlite_event_log`): a run over a range of days stores its per-day materializations a batch at a
 time. It must record exactly what Dagster's own one-at-a-time writes record: the same partitions
 materialized, one event per partition, the same latest materialization, whatever the range and the
 batch size."""
@@ -66,6 +66,13 @@ def _record(instance: DagsterInstance, partitions: DailyPartitionsDefinition, ra
     return out
 
 
+def stock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dagster's own SQLite event log methods back in place (until the test ends)."""
+    monkeypatch.setattr(SqliteEventLogStorage, "store_event_batch", EventLogStorage.store_event_batch)
+    for name in ("_connect", "has_table"):
+        monkeypatch.setattr(SqliteEventLogStorage, name, instance_storage.STOCK[name])
+
+
 @pytest.mark.parametrize("seed", [3, 17])
 def test_batched_event_log_records_what_dagsters_own_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
@@ -90,17 +97,18 @@ def test_batched_event_log_records_what_dagsters_own_does(
         batch_write(storage, events)
 
     monkeypatch.setattr(instance_storage, "_store_event_batch", counted)
-    monkeypatch.setattr(SqliteEventLogStorage, "store_event_batch", EventLogStorage.store_event_batch)
-    instance_storage.batched_sqlite_events()
+    stock(monkeypatch)
+    instance_storage.faster_sqlite_event_log()
+    assert SqliteEventLogStorage._connect is instance_storage._connect
     with _instance(tmp_path / "city") as city:
         assert isinstance(city.event_log_storage, SqliteEventLogStorage)
         batched = _record(city, partitions, ranges)
     assert max(written) > 1, "the materializations went through the batch write"
 
-    monkeypatch.setattr(SqliteEventLogStorage, "store_event_batch", EventLogStorage.store_event_batch)
+    stock(monkeypatch)
     monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")
-    with _instance(tmp_path / "stock") as stock:
-        own = _record(stock, partitions, ranges)
+    with _instance(tmp_path / "stock") as dagsters:
+        own = _record(dagsters, partitions, ranges)
 
     for name in ("upstream", "downstream"):
         expected = sorted(set(keys[a : b + 1]) | set(keys[c:]))

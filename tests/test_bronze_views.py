@@ -1,0 +1,97 @@
+"""The warehouse's bronze views (orchestration/dbt_build.py, `bronze_views`): what dbt reads of a local
+lake is exactly what the Delta table holds, read by delta-rs: every row once, every column of the Delta
+schema (a column that arrived later is null in the rows before it), after new files, a changed file, a
+refused file and for a source with nothing loaded yet. Random cities: names, columns, files and drift
+differ per seed."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import random
+import string
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from orchestration import lake
+from orchestration.config import load_config
+from orchestration.dbt_build import bronze_views, native_bronze
+from orchestration.ingest import ingest
+from tests.connectors_support import city_yaml
+
+
+def _name(rng: random.Random) -> str:
+    return rng.choice(string.ascii_lowercase) + "".join(rng.choices(string.ascii_lowercase + "_", k=rng.randint(2, 9)))
+
+
+def _write(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _rows(rng: random.Random, columns: list[str], ids: range) -> list[dict]:
+    return [
+        {c: (str(i) if c == "id" else rng.choice(["", "x y", "12.5", "O'Hare", "ü"])) for c in columns} for i in ids
+    ]
+
+
+def _plain(row) -> str:
+    """A row as text, instants in UTC (DuckDB and pyarrow name the UTC zone differently)."""
+    return repr(tuple(v.astimezone(dt.UTC).isoformat() if isinstance(v, dt.datetime) else v for v in row))
+
+
+def _view(cfg, agency: str, name: str) -> list[tuple]:
+    with duckdb.connect(str(cfg.state_dir / "warehouse.duckdb"), read_only=True) as con:
+        rel = con.execute(f'select * from "bronze_{agency}"."{name}"')
+        columns = [d[0] for d in rel.description]
+        return columns, sorted(map(_plain, rel.fetchall()))
+
+
+def _delta(cfg, agency: str, name: str) -> list[tuple]:
+    table = lake.read_table(lake.bronze_uri(cfg, agency, name))
+    columns = table.column_names
+    return columns, sorted(_plain([r[c] for c in columns]) for r in table.to_pylist())
+
+
+@pytest.mark.parametrize("seed", [5, 23, 71])
+def test_the_bronze_views_hold_what_the_delta_tables_hold(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    agency, name, empty = _name(rng), _name(rng), _name(rng) + "_later"
+    root = tmp_path / "city"
+    (root / "drop").mkdir(parents=True)
+    (root / "later").mkdir()
+    spec = {"kind": "files", "path": "./drop/*.csv", "format": "csv", "primary_key": ["id"]}
+    nothing = {"kind": "files", "path": "./later/*.csv", "format": "csv", "primary_key": ["id"]}
+    cfg = load_config(city_yaml(root, {agency: {name: spec, empty: nothing}}))
+    assert native_bronze(cfg)
+    source, later = cfg.source(f"{agency}/{name}"), cfg.source(f"{agency}/{empty}")
+    columns = ["id"] + [_name(rng) + " " + _name(rng) for _ in range(rng.randint(1, 4))]
+    files = rng.randint(2, 6)
+    for k in range(files):
+        _write(
+            root / "drop" / f"part-{k}.csv", columns, _rows(rng, columns, range(k * 100, k * 100 + rng.randint(1, 60)))
+        )
+
+    def check(batch: str) -> None:
+        ingest(cfg, source, batch)
+        ingest(cfg, later, batch)
+        bronze_views(cfg)
+        assert _view(cfg, agency, name) == _delta(cfg, agency, name)
+        later_columns, later_rows = _view(cfg, agency, empty)
+        assert later_rows == [] and later_columns == _delta(cfg, agency, empty)[0]
+
+    check("run-1")
+    # drift: a new file brings a column; a changed file replaces its rows; an unreadable file is refused
+    drifted = [*columns, "added " + _name(rng)]
+    _write(
+        root / "drop" / f"part-{files}.csv", drifted, _rows(rng, drifted, range(10_000, 10_000 + rng.randint(1, 40)))
+    )
+    _write(root / "drop" / "part-0.csv", columns, _rows(rng, columns, range(0, rng.randint(1, 30))))
+    (root / "drop" / "part-1.csv").write_bytes(b"\xff\xfe\x00broken\x00,\n\x00")
+    check("run-2")
+    view_columns, rows = _view(cfg, agency, name)
+    assert drifted[-1] in view_columns and rows
