@@ -229,6 +229,11 @@ def run_assets(
     """
     import dagster as dg
 
+    from orchestration.dbt_build import districts_status
+
+    readable, problem = districts_status(cfg)
+    if not readable:  # (the definitions would fail on it at import, inside Dagster's traceback)
+        raise click.ClickException(problem)
     from orchestration import up_to_date
     from orchestration.definitions import defs, everything_job
     from orchestration.defs.transform.assets import dbt_reference
@@ -527,12 +532,16 @@ def check(config: str | None) -> None:
     """
     from orchestration import lake
     from orchestration.connectivity import FAIL, WARN, lake_status, source_status
+    from orchestration.dbt_build import districts_status
     from orchestration.ingest import META_COLUMNS
 
     cfg = _load(config)
     click.echo(f"{cfg.path}: valid ({len(cfg.sources)} sources, lake {cfg.lake_root})")
     counts = {FAIL: 0, WARN: 0}
     lake_failed = False
+    readable, detail = districts_status(cfg)
+    click.echo(f"  {'ok  ' if readable else 'FAIL'} {'districts':<40} {detail}")
+    counts[FAIL] += 0 if readable else 1
     if cfg.is_remote:
         status, detail = lake_status(cfg)
         lake_failed = status == FAIL
@@ -553,7 +562,8 @@ def check(config: str | None) -> None:
             for line in more:
                 click.echo(f"       - {line}")
     if counts[FAIL] or lake_failed:
-        failing = [f"{counts[FAIL]} source(s)"] if counts[FAIL] else []
+        sources = counts[FAIL] - (0 if readable else 1)
+        failing = (["the districts"] if not readable else []) + ([f"{sources} source(s)"] if sources else [])
         raise click.ClickException(
             " and ".join((["the lake"] if lake_failed else []) + failing)
             + " would fail a run (see FAIL above)"

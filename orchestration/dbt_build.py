@@ -638,6 +638,23 @@ def _district_rows(cfg: CityConfig) -> list[dict]:
     return rows
 
 
+def districts_status(cfg: CityConfig) -> tuple[bool, str]:
+    """(readable, what) of the boundary file and the population table, read as a build reads them: a
+    wrong column or property fails `citylake check`, not the run's dbt step."""
+    try:
+        districts = _district_rows(cfg)
+        population = population_rows(cfg)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return False, str(exc)
+    codes = {d["code"] for d in districts}
+    counted = {r["code"] for r in population}
+    years = sorted({str(r["year"]) for r in population})
+    span = f" ({years[0]}..{years[-1]})" if years else ""
+    return True, (
+        f"{len(districts)} districts ({cfg.code_property}), population of {len(counted & codes)} of them{span}"
+    )
+
+
 def population_rows(cfg: CityConfig) -> list[dict]:
     """districts.population as (code, population, year) rows: as delivered, or unpivoted from a wide
     census table (`districts.population_format: {layout: wide, code, year_columns}`), so a city can

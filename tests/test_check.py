@@ -1,6 +1,7 @@
 """`citylake check` finds before any run what the run would fail on: a `columns:`/`district:` value or a
 primary key naming a column the source does not have (files, SQLite, PostgreSQL, an HTTP API), named by
-its city.yaml key with the source's columns listed; an empty drop folder is a warning, not "ok"."""
+its city.yaml key with the source's columns listed; an empty drop folder is a warning, not "ok"; a boundary
+file or population table a build cannot read fails it."""
 
 from __future__ import annotations
 
@@ -224,3 +225,19 @@ def test_the_reference_city_and_nyc_check_clean(tmp_path: Path) -> None:
         pytest.skip("the NYC public files are not beside the repository")
     proc = citylake("check", config=REPO / "cities" / "nyc" / "city.yaml")
     assert proc.stdout.count("every columns:/district: value binds") == 13, proc.stdout
+
+
+def test_a_population_table_or_boundary_file_a_build_cannot_read_fails_check(tmp_path: Path) -> None:
+    config = _meters(tmp_path, columns={**METERS["columns"], "kwh": "kwh_total"})
+    ok = citylake("check", config=config)
+    assert "ok   districts" in ok.stdout and "1 districts (code), population of 1 of them (2024..2024)" in ok.stdout
+    (tmp_path / "population.csv").write_text("ward,pop,yr\nD1,1000,2024\n")
+    out = _failed(config)
+    assert "FAIL districts" in out and "needs columns code, population, year; it has ward, pop, yr" in out
+    assert "Error: the districts would fail a run" in citylake("check", config=config, check=False).stderr
+    (tmp_path / "population.csv").write_text("code,population,year\nD1,1000,2024\n")
+    geo = json.loads((tmp_path / "districts.geojson").read_text())
+    geo["features"][0]["properties"] = {"WARD": "D1"}
+    (tmp_path / "districts.geojson").write_text(json.dumps(geo))
+    out = citylake("check", config=config, check=False).stdout
+    assert "FAIL districts" in out and "has no property 'code'; set districts.code_property" in out

@@ -2,7 +2,7 @@
 select
     period_start as month_start,
     coalesce(district_code, 'UNASSIGNED') as district_code,
-    sector,
+    coalesce(sector, 'unspecified') as sector,
     sum(kwh) as kwh,
     count(distinct meter_id) as meters
 from {{ ref('fct_energy_consumption') }}

@@ -2,7 +2,7 @@
 select
     service_date,
     coalesce(district_code, 'UNASSIGNED') as district_code,
-    mode,
+    coalesce(mode, 'unspecified') as mode,
     sum(boardings) as boardings,
     count(distinct stop_id) as stops
 from {{ ref('fct_transit_ridership') }}
