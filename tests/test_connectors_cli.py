@@ -121,7 +121,7 @@ def test_every_kind_from_city_yaml_alone_loads_twice_through_the_cli(tmp_path, m
                     assert dt_.version() == versions[name], f"{name}: a rerun with nothing new made a Delta version"
         assert list(landing.glob("*.jsonl")) == []
         check = citylake("check", config=config)
-        assert check.stdout.count("ok  ") == 6 and PG_DSN not in check.stdout
+        assert check.stdout.count("ok  ") == 7 and PG_DSN not in check.stdout  # the districts and 6 sources
     finally:
         for conn in (pg, my):
             conn.cursor().execute(f"drop table if exists {table}")
