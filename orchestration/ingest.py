@@ -511,12 +511,24 @@ class _Loader:
         location = landing.file or self.source.where
         gated, failed = self.gate(landing.rows, location)
         good, dupes = split_keys(gated, self.source.primary_key, location, drop_identical, seen)
-        typed, uncastable, missing = conform(good, self.schema, self.source.primary_key, location)
+        typed, uncastable, missing = conform(good, self.target_schema(), self.source.primary_key, location)
         if LOCATION in typed.column_names:
             typed = typed.drop_columns([LOCATION])
         if landing.rows.num_rows:
             self.missing.update(missing)
         return _with_meta(typed, self.batch, self.now, landing), landing.rejected + failed + dupes + uncastable
+
+    def target_schema(self) -> pa.Schema | None:
+        """Bronze's schema with the columns that the files waiting in `pending` bring, typed as the first of
+        them has it (as the commit will add it): a later file conforms to it as if they were committed."""
+        fields = list(self.schema) if self.schema is not None else []
+        names = {f.name for f in fields}
+        for _, table in self.pending:
+            for f in table.schema:
+                if f.name not in names:
+                    fields.append(f)
+                    names.add(f.name)
+        return pa.schema(fields) if fields else None
 
     def tick(self) -> None:
         """Every PROGRESS_EVERY_S of a long load, a line with the rows read so far and the rate."""
@@ -613,6 +625,7 @@ class _Loader:
                 else:
                     # a file spilled in pieces is streamed to bronze in a commit of its own
                     lake.overwrite_where(self.uri, data, "_source_file", [landing.file])
+                    self.schema = lake.schema(self.uri)
         except UnreadableFile as exc:
             self.refuse(landing, str(exc))
             return

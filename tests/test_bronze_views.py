@@ -2,7 +2,8 @@
 lake is exactly what the Delta table holds, read by delta-rs: every row once, every column of the Delta
 schema (a column that arrived later is null in the rows before it), after new files, a changed file, a
 refused file and for a source with nothing loaded yet. Random cities: names, columns, files and drift
-differ per seed."""
+differ per seed. And the files of one load, committed together, conform to each other as if committed one
+by one."""
 
 from __future__ import annotations
 
@@ -95,3 +96,33 @@ def test_the_bronze_views_hold_what_the_delta_tables_hold(tmp_path: Path, seed: 
     check("run-2")
     view_columns, rows = _view(cfg, agency, name)
     assert drifted[-1] in view_columns and rows
+
+
+def test_files_committed_together_conform_to_each_other_as_if_committed_one_by_one(tmp_path: Path) -> None:
+    """The files of one load share a Delta commit; a column the first of them brings is typed by it, and a
+    later file of the same load whose value cannot take that type sends that row to quarantine, as when
+    each file was committed on its own (the load does not fail)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.connectors_support import bronze_rows, one_source, quarantine_rows
+
+    drop = tmp_path / "city" / "drop"
+    drop.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2], "v": ["a", "b"]}), drop / "a.parquet")
+    cfg, source = one_source(
+        tmp_path / "city",
+        "water",
+        "meters",
+        {"kind": "files", "path": "./drop/*.parquet", "format": "parquet", "primary_key": ["id"]},
+    )
+    ingest(cfg, source, "run-1")
+    # two new files in one load, both bringing `note`: an integer in the first, text in the second
+    pq.write_table(pa.table({"id": [3, 4], "v": ["c", "d"], "note": [7, 8]}), drop / "b.parquet")
+    pq.write_table(pa.table({"id": [5, 6], "v": ["e", "f"], "note": ["x", "9"]}), drop / "c.parquet")
+    result = ingest(cfg, source, "run-2")
+    assert result.versions_committed == 2  # b and c in one commit, after the schema change adding `note`
+    rows = {r["id"]: r.get("note") for r in bronze_rows(cfg, source)}
+    assert rows == {1: None, 2: None, 3: 7, 4: 8, 6: 9}
+    reasons = [r["reason"] for r in quarantine_rows(cfg, source)]
+    assert reasons == ["column note: value 'x' (string) cannot be cast to bronze type int64"], reasons
