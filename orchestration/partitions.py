@@ -10,7 +10,7 @@ source has that is new, and the indicators are recomputed from the conformed fac
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -69,7 +69,6 @@ def data_days(
     is dated by its arrival, so today is included."""
     import duckdb
 
-    from orchestration.dbt_build import raw_expression
     from orchestration.entities import ENTITIES
     from orchestration.lake import bronze_uri, open_table, rows_where
 
@@ -82,25 +81,94 @@ def data_days(
             mapping = source.columns.get(ENTITIES[source.feeds].time)
             if mapping is None:
                 continue
-            raw = f"cast({raw_expression(mapping)} as varchar)"
             # a load's rows through delta-rs (see lake.rows_where); a time filter is safe to push into pyarrow
             con.register("bronze", rows_where(table, "_batch", batch) if batch else table.to_pyarrow_dataset())
             lo, hi, unread = con.execute(
                 f"""select min(d), max(d), count(*) filter (where d is null) from (
-                    select coalesce(cast(try_cast({raw} as timestamptz) as date),
-                                    cast(try_cast({raw} as timestamp) as date), try_cast({raw} as date)) as d
+                    select {_day(mapping)} as d
                     from bronze where (?::timestamptz is null or _ingested_at >= ?))""",
                 [since, since],
             ).fetchall()[0]
             con.unregister("bronze")
-            if unread:
-                hi = today(cfg)
-            for d in (lo, hi):
-                if d is not None:
-                    first = d if first is None else min(first, d)
-                    last = d if last is None else max(last, d)
+            first, last = _widen(cfg, first, last, lo, hi, unread)
+    return _with_margin(cfg, first, last)
+
+
+def _day(mapping: str) -> str:
+    """SQL: the day of a row's time column as mapped in city.yaml (its text read as an instant, a wall
+    time or a date; null when unreadable)."""
+    from orchestration.dbt_build import raw_expression
+
+    raw = f"cast({raw_expression(mapping)} as varchar)"
+    return (
+        f"coalesce(cast(try_cast({raw} as timestamptz) as date), cast(try_cast({raw} as timestamp) as date), "
+        f"try_cast({raw} as date))"
+    )
+
+
+def _widen(cfg: CityConfig, first, last, lo, hi, unread: int) -> tuple[dt.date | None, dt.date | None]:
+    """first..last widened to lo..hi; a record whose time cannot be read is dated by arrival: today."""
+    if unread:
+        hi = today(cfg)
+    for d in (lo, hi):
+        if d is not None:
+            first = d if first is None else min(first, d)
+            last = d if last is None else max(last, d)
+    return first, last
+
+
+def _with_margin(cfg: CityConfig, first, last) -> tuple[dt.date, dt.date] | None:
+    """first..last with a day of margin either side (time zones), within the city's days; None for none."""
     if first is None:
         return None
     every_first, every_last = full_range(cfg)
     day = dt.timedelta(days=1)
     return max(every_first, min(first - day, every_last)), min(every_last, max(last + day, every_first))
+
+
+def removed_days(cfg: CityConfig, versions: Mapping[str, Sequence[int | None]]) -> tuple[dt.date, dt.date] | None:
+    """The days of the records that left bronze, or gave way to a newer version, since the bronze versions
+    `versions` (source key -> [bronze version, ...], as up_to_date.fingerprint records them): a refused
+    file's records, a file's that now has no good rows, the keys a snapshot no longer has, a corrected
+    file's old versions. New rows say which days they touch; removed ones do not, and their days must be
+    rebuilt too, or the facts keep what bronze no longer holds. Read from the Parquet files the Delta log
+    removed since then (Delta keeps them until a vacuum), less the rows a rewrite copied unchanged (the
+    same key, arriving at the same instant, is in the table now). None when none."""
+    import duckdb
+    import pyarrow.dataset as pads
+    from deltalake import DeltaTable
+
+    from orchestration.entities import ENTITIES
+    from orchestration.lake import bronze_uri, open_table, storage_options
+    from orchestration.quality import quote
+
+    first, last = None, None
+    with duckdb.connect() as con:
+        for source in cfg.sources:
+            mapping = source.columns.get(ENTITIES[source.feeds].time) if source.feeds else None
+            then = (versions.get(source.key) or [None])[0]
+            uri = bronze_uri(cfg, source.agency, source.name)
+            table = open_table(uri) if mapping is not None and then is not None else None
+            if table is None or table.version() == then:
+                continue
+            old = DeltaTable(uri, version=then, storage_options=storage_options(uri))
+            gone = {f.rsplit("/", 1)[-1] for f in set(old.file_uris()) - set(table.file_uris())}
+            if not gone:
+                continue
+            dataset = old.to_pyarrow_dataset()
+            fragments = [f for f in dataset.get_fragments() if f.path.rsplit("/", 1)[-1] in gone]
+            con.register(
+                "removed", pads.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+            )
+            con.register("present", table.to_pyarrow_dataset())
+            keys = [quote(k) for k in source.primary_key] + ["_ingested_at"]
+            on = " and ".join(f"r.{k} is not distinct from p.{k}" for k in keys)
+            lo, hi, unread = con.execute(
+                f"""select min(d), max(d), count(*) filter (where d is null) from (
+                    select {_day(mapping)} as d, {", ".join(keys)} from removed) as r
+                    anti join (select {", ".join(keys)} from present) as p on {on}"""
+            ).fetchall()[0]
+            con.unregister("removed")
+            con.unregister("present")
+            first, last = _widen(cfg, first, last, lo, hi, unread)
+    return _with_margin(cfg, first, last)

@@ -149,10 +149,11 @@ def record_complete_run(cfg: CityConfig, now: dict[str, Any], run_id: str, loads
 def touched_days(cfg: CityConfig, record: dict[str, Any] | None, now: dict[str, Any]) -> tuple[dt.date, dt.date] | None:
     """For a partitioned city whose last complete run used the same definition: the days to rebuild,
     those the rows ingested since that run's loads finished fall on (this run's loads, and any a
-    schedule ran in between), and, when the city's calendar day has changed since that run, the days from
-    then through today (a record dated in the future is built once its day comes), as one range. None
+    schedule ran in between), those of the rows that left bronze since then, and, when the city's
+    calendar day has changed since that run, the days from then through today (a record dated in the
+    future is built once its day comes), as one range. None
     when everything must be rebuilt (no record, a changed definition, an output gone)."""
-    from orchestration.partitions import data_days, full_range
+    from orchestration.partitions import data_days, full_range, removed_days
 
     if (
         not record
@@ -164,9 +165,11 @@ def touched_days(cfg: CityConfig, record: dict[str, Any] | None, now: dict[str, 
     every_first, every_last = full_range(cfg)
     then = max(every_first, min(every_last, dt.date.fromisoformat(record["fingerprint"]["today"])))
     loaded = data_days(cfg, since=dt.datetime.fromisoformat(record["loads_finished"]))
+    # and the days of what left bronze since then (a refused file, a snapshot's deleted keys)
+    removed = removed_days(cfg, record["fingerprint"].get("tables", {}))
     # the days since that run only when days have passed: one run takes one range of days, and late data
     # joined to today would rebuild (and record in Dagster) every empty day in between
-    spans = [s for s in (loaded, (then, every_last) if then < every_last else None) if s]
+    spans = [s for s in (loaded, removed, (then, every_last) if then < every_last else None) if s]
     if not spans:
         return every_last, every_last
     return min(s[0] for s in spans), max(s[1] for s in spans)

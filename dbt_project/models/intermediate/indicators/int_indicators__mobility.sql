@@ -36,8 +36,9 @@ measures as (
     select
         area_id, period_grain, period_start,
         sum(boardings) as boardings,
-        count(distinct (stop_id, local_date)) as stop_days,
-        count(distinct stop_id) as stops
+        -- a source without stop_id is one counting point (its days present over the span's days)
+        count(distinct (coalesce(stop_id, ''), local_date)) as stop_days,
+        count(distinct coalesce(stop_id, '')) as stops
     from periods
     group by 1, 2, 3
 
