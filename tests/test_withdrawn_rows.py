@@ -87,3 +87,38 @@ def test_withdrawn_records_leave_the_indicators_at_the_next_run(tmp_path: Path, 
             ).fetchall()
         )
     assert got == {m: pytest.approx(v) for m, v in expected.items()}, (refused, emptied, got, dict(expected))
+
+
+def test_removed_days_reads_the_removed_files_and_falls_back_to_every_day_without_them(tmp_path: Path) -> None:
+    """partitions.removed_days: the days of the rows a load withdrew (not of the rows a rewrite copied
+    unchanged); when the earlier version cannot be read (vacuumed, its log cleaned up), every day the
+    table covers."""
+    from orchestration import lake
+    from orchestration.config import load_config
+    from orchestration.ingest import ingest
+    from orchestration.partitions import data_days, removed_days
+    from tests.connectors_support import city_yaml
+
+    root = tmp_path / "city"
+    (root / "drop").mkdir(parents=True)
+    for day in range(1, 21):
+        (root / "drop" / f"d{day:02d}.csv").write_text(f"id,day,n\n{day},2026-03-{day:02d},{day}\n")
+    spec = {
+        "kind": "files",
+        "path": "./drop/*.csv",
+        "format": "csv",
+        "primary_key": ["id"],
+        "feeds": "transit_ridership",
+        "columns": {"service_date": "day", "boardings": "n"},
+    }
+    cfg = load_config(city_yaml(root, {"buses": {"taps": {**spec, "district": {"from": "code", "column": "id"}}}}))
+    source = cfg.source("buses/taps")
+    ingest(cfg, source, "run-1")
+    before = lake.open_table(lake.bronze_uri(cfg, "buses", "taps")).version()
+    (root / "drop" / "d07.csv").write_bytes(b"\xff\xfe\x00gone\n")  # refused: its row leaves bronze
+    ingest(cfg, source, "run-2")
+    assert removed_days(cfg, {source.key: [before, 0]}) == (dt.date(2026, 3, 6), dt.date(2026, 3, 8))
+    assert removed_days(cfg, {source.key: [before + 1, 0]}) is None
+    every = data_days(cfg)  # a version that is not there: every day the table covers (with margins)
+    fallback = removed_days(cfg, {source.key: [before + 50, 0]})
+    assert fallback[0] <= every[0] < dt.date(2026, 3, 2) and fallback[1] >= every[1] > dt.date(2026, 3, 19)
