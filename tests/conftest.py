@@ -41,8 +41,6 @@ SLOW_GROUPS = {
     "test_quality_gates.py": 4,
     "test_ui.py": 4,
     "test_hostile_input.py": 3,
-    "test_withdrawn_rows.py": 3,
-    "test_optional_columns.py": 2,
     "test_operations.py": 3,
     "test_workers.py": 2,
     "test_nyc_city.py": 2,
