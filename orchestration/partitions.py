@@ -69,29 +69,36 @@ def data_days(
     is dated by its arrival, so today is included."""
     import duckdb
 
-    from orchestration.entities import ENTITIES
-    from orchestration.lake import bronze_uri, open_table, rows_where
-
     first, last = None, None
     with duckdb.connect() as con:
         for source in cfg.sources if sources is None else sources:
-            table = open_table(bronze_uri(cfg, source.agency, source.name)) if source.feeds else None
-            if table is None:
-                continue
-            mapping = source.columns.get(ENTITIES[source.feeds].time)
-            if mapping is None:
-                continue
-            # a load's rows through delta-rs (see lake.rows_where); a time filter is safe to push into pyarrow
-            con.register("bronze", rows_where(table, "_batch", batch) if batch else table.to_pyarrow_dataset())
-            lo, hi, unread = con.execute(
-                f"""select min(d), max(d), count(*) filter (where d is null) from (
-                    select {_day(mapping)} as d
-                    from bronze where (?::timestamptz is null or _ingested_at >= ?))""",
-                [since, since],
-            ).fetchall()[0]
-            con.unregister("bronze")
-            first, last = _widen(cfg, first, last, lo, hi, unread)
+            first, last = _widen(cfg, first, last, *_source_days(con, cfg, source, batch, since))
     return _with_margin(cfg, first, last)
+
+
+def _source_days(
+    con, cfg: CityConfig, source: Source, batch: str | None = None, since: dt.datetime | None = None
+) -> tuple[dt.date | None, dt.date | None, int]:
+    """(first day, last day, rows whose day cannot be read) of one source's bronze rows (of a load, since an
+    instant, as data_days says), without margins; (None, None, 0) for none."""
+    from orchestration.entities import ENTITIES
+    from orchestration.lake import bronze_uri, open_table, rows_where
+
+    mapping = source.columns.get(ENTITIES[source.feeds].time) if source.feeds else None
+    table = open_table(bronze_uri(cfg, source.agency, source.name)) if mapping is not None else None
+    if table is None:
+        return None, None, 0
+    # a load's rows through delta-rs (see lake.rows_where); a time filter is safe to push into pyarrow
+    con.register("bronze", rows_where(table, "_batch", batch) if batch else table.to_pyarrow_dataset())
+    try:
+        return con.execute(
+            f"""select min(d), max(d), count(*) filter (where d is null) from (
+                select {_day(mapping)} as d
+                from bronze where (?::timestamptz is null or _ingested_at >= ?))""",
+            [since, since],
+        ).fetchall()[0]
+    finally:
+        con.unregister("bronze")
 
 
 def _day(mapping: str) -> str:
@@ -169,9 +176,10 @@ def removed_days(cfg: CityConfig, versions: Mapping[str, Sequence[int | None]]) 
                         select {_day(mapping)} as d, {", ".join(keys)} from removed) as r
                         anti join (select {", ".join(keys)} from present) as p on {on}"""
                 ).fetchall()[0]
+            except Exception:  # noqa: BLE001 - that version vacuumed or its log cleaned up: every day it covers
+                lo, hi, unread = _source_days(con, cfg, source)
+            finally:
                 con.unregister("removed")
                 con.unregister("present")
-            except Exception:  # noqa: BLE001 - that version vacuumed or its log cleaned up: every day it covers
-                lo, hi, unread = *(data_days(cfg, sources=[source]) or (None, None)), 0
             first, last = _widen(cfg, first, last, lo, hi, unread)
     return _with_margin(cfg, first, last)
