@@ -541,7 +541,6 @@ def check(config: str | None) -> None:
     lake_failed = False
     readable, detail = districts_status(cfg)
     click.echo(f"  {'ok  ' if readable else 'FAIL'} {'districts':<40} {detail}")
-    counts[FAIL] += 0 if readable else 1
     if cfg.is_remote:
         status, detail = lake_status(cfg)
         lake_failed = status == FAIL
@@ -561,11 +560,14 @@ def check(config: str | None) -> None:
             click.echo(f"  {label} {source.key:<40} {first}")
             for line in more:
                 click.echo(f"       - {line}")
-    if counts[FAIL] or lake_failed:
-        sources = counts[FAIL] - (0 if readable else 1)
-        failing = (["the districts"] if not readable else []) + ([f"{sources} source(s)"] if sources else [])
+    failing = [
+        *(["the lake"] if lake_failed else []),
+        *([] if readable else ["the districts"]),
+        *([f"{counts[FAIL]} source(s)"] if counts[FAIL] else []),
+    ]
+    if failing:
         raise click.ClickException(
-            " and ".join((["the lake"] if lake_failed else []) + failing)
+            " and ".join(failing)
             + " would fail a run (see FAIL above)"
             + (f"; {counts[WARN]} warning(s)" if counts[WARN] else "")
         )

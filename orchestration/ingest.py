@@ -490,6 +490,7 @@ class _Loader:
         self.bronze_files: set[str] = set()
         #: files read and checked whose rows wait for the next bronze commit (`flush`)
         self.pending: list[tuple[str, pa.Table]] = []
+        self.pending_bytes = 0
         self.suite = bronze_suite(source)
         self.spill_root = cfg.state_dir / "spill"
         # resolved first: a missing key fails the load before anything is written
@@ -577,7 +578,7 @@ class _Loader:
         files = [f for f, _ in self.pending]
         data = pa.concat_tables([t for _, t in self.pending], promote_options="permissive")
         lake.overwrite_where(self.uri, data, "_source_file", files)
-        self.pending = []
+        self.pending, self.pending_bytes = [], 0
         self.schema = lake.schema(self.uri)
         self.log(f"{self.source.key}: {len(files)} file(s), {data.num_rows} rows committed to bronze")
 
@@ -620,7 +621,8 @@ class _Loader:
                 if isinstance(data, pa.Table):
                     # a file read in one piece waits for the load's next commit (with the files after it)
                     self.pending.append((landing.file, data))
-                    if sum(t.nbytes for _, t in self.pending) >= BRONZE_COMMIT_BYTES:
+                    self.pending_bytes += data.nbytes
+                    if self.pending_bytes >= BRONZE_COMMIT_BYTES:
                         self.flush()
                 else:
                     # a file spilled in pieces is streamed to bronze in a commit of its own

@@ -126,3 +126,34 @@ def test_files_committed_together_conform_to_each_other_as_if_committed_one_by_o
     assert rows == {1: None, 2: None, 3: 7, 4: 8, 6: 9}
     reasons = [r["reason"] for r in quarantine_rows(cfg, source)]
     assert reasons == ["column note: value 'x' (string) cannot be cast to bronze type int64"], reasons
+
+
+@pytest.mark.parametrize("budget", ["one per file", "one for all"])
+def test_a_loads_files_share_commits_up_to_the_commit_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: str
+) -> None:
+    """BRONZE_COMMIT_BYTES bounds the rows waiting for a commit: at 1 byte each file is a commit of its own,
+    at the default a first load of small files is one commit; the rows are the same either way."""
+    from orchestration import ingest as ingest_module
+    from tests.connectors_support import bronze_rows, one_source
+
+    rng = random.Random(len(budget))
+    drop = tmp_path / "city" / "drop"
+    drop.mkdir(parents=True)
+    files = rng.randint(3, 9)
+    expected = {}
+    for k in range(files):
+        rows = [{"id": str(k * 100 + i), "v": rng.choice(["a", "b", "c"])} for i in range(rng.randint(1, 20))]
+        _write(drop / f"f{k}.csv", ["id", "v"], rows)
+        expected.update({r["id"]: r["v"] for r in rows})
+    if budget == "one per file":
+        monkeypatch.setattr(ingest_module, "BRONZE_COMMIT_BYTES", 1)
+    cfg, source = one_source(
+        tmp_path / "city",
+        "parks",
+        "visits",
+        {"kind": "files", "path": "./drop/*.csv", "format": "csv", "primary_key": ["id"]},
+    )
+    result = ingest(cfg, source, "run-1")
+    assert result.versions_committed == (files if budget == "one per file" else 1)
+    assert {r["id"]: r["v"] for r in bronze_rows(cfg, source)} == expected
