@@ -568,26 +568,42 @@ def native_bronze(cfg: CityConfig) -> bool:
     return "://" not in str(cfg.lake_path("bronze"))
 
 
+#: marks a bronze view as made from one Delta table version (its comment): an unchanged table's view is kept
+BRONZE_VIEW_MARK = "citylake bronze view 1: {uri} @ version {version}"
+
+
 def bronze_views(cfg: CityConfig) -> None:
     """Point each `bronze_<agency>.<source>` view of the warehouse at its Delta table's current Parquet files
     (from the Delta log), read by DuckDB's own Parquet reader: it scans in DuckDB's memory, under its
     memory limit, where the delta plugin's Arrow dataset scan kept about a gigabyte of Arrow buffers
     beside it at scale 10, and prunes row groups by their statistics. Every column of the Delta schema
-    is there with its Delta type (a column of no file yet is null). Called before every dbt build: a
-    view is the table as of the last refresh (an older Delta version, never a mix), so a `dbt build` run
-    by hand after a load reads the earlier snapshot until citylake's next build."""
+    is there with its Delta type (a column of no file yet is null). Called before every build of the
+    daily models (the only ones reading bronze); a table whose Delta version is the one its view was made
+    from keeps its view (no file footers read). A view is the table as of the last refresh (an older Delta
+    version, never a mix), so a `dbt build` run by hand after a load reads the earlier snapshot until
+    citylake's next build."""
     if not native_bronze(cfg):
         return
-    import duckdb
     import pyarrow as pa
 
     from orchestration import lake
-    from orchestration.quality import quote
+    from orchestration.quality import quote, warehouse_when_free
 
-    with duckdb.connect(str(cfg.state_dir / "warehouse.duckdb"), config=duckdb_limits()) as con:
+    # (another run's model gate may be reading: wait for it, as dbt's step after this one could not)
+    with warehouse_when_free(cfg.state_dir / "warehouse.duckdb", read_only=False) as con:
+        made = {
+            (r[0], r[1]): r[2]
+            for r in con.execute(
+                "select schema_name, view_name, comment from duckdb_views() where database_name = current_database()"
+            ).fetchall()
+        }
         for s in cfg.sources:
-            table = lake.open_table(lake.bronze_uri(cfg, s.agency, s.name))
+            uri = lake.bronze_uri(cfg, s.agency, s.name)
+            table = lake.open_table(uri)
             if table is None:
+                continue
+            mark = BRONZE_VIEW_MARK.format(uri=uri, version=table.version())
+            if made.get((f"bronze_{s.agency}", s.name)) == mark:
                 continue
             schema, name = quote(f"bronze_{s.agency}"), quote(s.name)
             con.register("_citylake_delta_schema", pa.schema(table.schema().to_arrow()).empty_table())
@@ -608,6 +624,7 @@ def bronze_views(cfg: CityConfig) -> None:
                 con.execute(f"drop table {schema}.{name}")
             body = f"from {scan}" if files else "where false"
             con.execute(f"create or replace view {schema}.{name} as select {columns} {body}")
+            con.execute(f"comment on view {schema}.{name} is {_sql_str(mark)}")
 
 
 def _district_rows(cfg: CityConfig) -> list[dict]:

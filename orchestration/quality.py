@@ -782,14 +782,15 @@ def _delta_rows(table: Any) -> int | None:
     return int(pc.sum(actions.column("num_records")).as_py() or 0)
 
 
-#: how long a model's gate waits for a dbt step of another branch to release the warehouse (DuckDB: one
-#: writer process, and no reader while it writes); the UI's multiprocess runs check one model while dbt
-#: builds another
+#: how long a connection to the warehouse waits for another process to release it (DuckDB: one writer
+#: process, and no reader while it writes; a writer needs every reader gone): a model's gate while dbt
+#: builds another branch in the UI's multiprocess runs, the bronze views while another run's gate reads
 WAREHOUSE_WAIT_S = 900.0
 
 
-def _read_only_when_free(database: Path, wait_s: float | None = None):
-    """A read-only connection to the warehouse, waiting while another process holds its write lock."""
+def warehouse_when_free(database: Path, read_only: bool = True, wait_s: float | None = None):
+    """A connection to the warehouse (read-only unless asked), waiting while another process holds a lock
+    that conflicts with it."""
     import time
 
     import duckdb
@@ -799,7 +800,7 @@ def _read_only_when_free(database: Path, wait_s: float | None = None):
     deadline = time.monotonic() + (WAREHOUSE_WAIT_S if wait_s is None else wait_s)
     while True:
         try:
-            return duckdb.connect(str(database), read_only=True, config=duckdb_limits())
+            return duckdb.connect(str(database), read_only=read_only, config=duckdb_limits())
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise
@@ -810,7 +811,7 @@ def validate_model(suite: dict, database: Path, model: str, window: tuple[str, s
     """A dbt model's suite in DuckDB (read-only on the warehouse): on the rows of the days `window`
     (min_date, max_date: the days the run rebuilt) when given and the model is daily-partitioned, else on
     the whole table; the volume rule on the table's total rows."""
-    with _read_only_when_free(database) as con:
+    with warehouse_when_free(database) as con:
         total = con.execute(f"select count(*) from {quote(model)}").fetchall()[0][0]
         names = [r[0] for r in con.execute(f"describe {quote(model)}").fetchall()]
         if window is None or "partition_date" not in names:

@@ -199,7 +199,7 @@ def test_a_model_gate_waits_for_another_process_writing_the_warehouse(tmp_path: 
     import sys
     import time
 
-    from orchestration.quality import _read_only_when_free
+    from orchestration.quality import warehouse_when_free
 
     db = tmp_path / "warehouse.duckdb"
     writer = subprocess.Popen(
@@ -216,10 +216,45 @@ def test_a_model_gate_waits_for_another_process_writing_the_warehouse(tmp_path: 
     assert writer.stdout.readline().strip() == "ready"
     started = time.monotonic()
     with pytest.raises(duckdb.IOException, match="(?i)lock"):
-        _read_only_when_free(db, wait_s=0)
-    con = _read_only_when_free(db, wait_s=60)
+        warehouse_when_free(db, wait_s=0)
+    con = warehouse_when_free(db, wait_s=60)
     try:
         assert con.execute("select v from t").fetchall() == [(42,)]
     finally:
         con.close()
     assert time.monotonic() - started > 1 and writer.wait(10) == 0
+
+
+def test_the_bronze_views_wait_for_another_runs_gate_reading_the_warehouse(tmp_path: Path) -> None:
+    """A writer needs every reader gone: the bronze views (written before a dbt build) wait while another
+    process (another run's model gate) holds a read-only connection, instead of failing the step."""
+    import subprocess
+    import sys
+    import time
+
+    from orchestration.quality import warehouse_when_free
+
+    db = tmp_path / "warehouse.duckdb"
+    duckdb.connect(str(db)).execute("create table t as select 42 as v").close()
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+            "c.execute('select * from t').fetchall(); print('reading', flush=True); time.sleep(3)",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout.readline().strip() == "reading"
+    started = time.monotonic()
+    with pytest.raises(duckdb.IOException, match="(?i)lock"):
+        warehouse_when_free(db, read_only=False, wait_s=0)
+    con = warehouse_when_free(db, read_only=False, wait_s=60)
+    try:
+        con.execute("insert into t values (43)")
+        assert con.execute("select count(*) from t").fetchall() == [(2,)]
+    finally:
+        con.close()
+    assert time.monotonic() - started > 1 and reader.wait(10) == 0

@@ -9,7 +9,7 @@ import yaml
 
 from orchestration.config import load_config
 from orchestration.dbt_build import DEFAULT_MEMORY_LIMIT, MEMORY_LIMIT_ENV, build_project
-from orchestration.quality import _read_only_when_free
+from orchestration.quality import warehouse_when_free
 from tests.connectors_support import city_yaml
 
 
@@ -30,19 +30,19 @@ def test_the_limit_reaches_dbt_and_the_gates_with_a_default_and_none_for_duckdbs
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "none")
     profile = yaml.safe_load((build_project(cfg) / "profiles.yml").read_text())
     assert "memory_limit" not in profile["citylake"]["outputs"]["city"]["settings"]
-    with _read_only_when_free(warehouse) as con:
+    with warehouse_when_free(warehouse) as con:
         assert _limit(con) == unbounded
 
     monkeypatch.delenv(MEMORY_LIMIT_ENV)
     assert DEFAULT_MEMORY_LIMIT == "1GB"
     profile = yaml.safe_load((build_project(cfg) / "profiles.yml").read_text())
     assert profile["citylake"]["outputs"]["city"]["settings"]["memory_limit"] == "1GB"
-    with _read_only_when_free(warehouse) as con:
+    with warehouse_when_free(warehouse) as con:
         assert _limit(con).startswith("953"), _limit(con)  # 1 GB is 953.6 MiB
 
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "300MB")
     profile = yaml.safe_load((build_project(cfg) / "profiles.yml").read_text())
     assert profile["citylake"]["outputs"]["city"]["settings"]["memory_limit"] == "300MB"
-    with _read_only_when_free(warehouse) as con:
+    with warehouse_when_free(warehouse) as con:
         bounded = _limit(con)
     assert bounded != unbounded and bounded.startswith("286"), bounded  # 300 MB is 286.1 MiB

@@ -201,8 +201,10 @@ def warehouse_check(layer: str, model: str) -> dg.AssetChecksDefinition:
         name="gx_suite",
         blocking=True,
         description=f"Great Expectations suite expectations/{'.'.join(key)}.json",
-        # it reads the DuckDB warehouse: with Celery workers, on the one worker process that owns it
+        # it reads the DuckDB warehouse: with Celery workers, on the one worker process that owns it; and in
+        # the warehouse pool with the dbt steps, so that another run's dbt never finds it holding the file
         op_tags=queue_tags(WAREHOUSE_QUEUE),
+        pool="warehouse",
     )
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         raw = json.loads(suite_path(key).read_text(encoding="utf-8"))

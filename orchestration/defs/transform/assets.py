@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 from packaging import version
 
 from orchestration.city import city, dbt_project_dir, domain_owners
@@ -109,6 +109,7 @@ def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     days = window_vars(context) if PARTITIONS else {"min_date": EARLIEST.isoformat(), "max_date": "9999-12-31"}
     window = f"{days['min_date']}..{days['max_date']}"
     # the window goes in dbt's environment, not its --vars (see citylake_window_bound)
+    bronze_views(city())  # the daily models read bronze through the warehouse's views of the Delta tables
     with window_environment(days):
         build = dbt.cli(["build"], context=context)
     for event in counted_models(context, build.stream()):
@@ -155,11 +156,6 @@ class CityDbtResource(DbtCliResource):
 
     def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> None:
         return None
-
-    def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
-        """Every dbt build first points the warehouse's bronze views at the Delta tables' current files."""
-        bronze_views(city())
-        return super().cli(args, **kwargs)
 
 
 # the dbt of this environment, whether or not the venv is on PATH
