@@ -192,42 +192,12 @@ def district_codes(run: CityRun) -> dict[str, list[str]]:
     return {"district_codes": codes, "area_ids": [*codes, "CITY"], "district_codes_unassigned": [*codes, "UNASSIGNED"]}
 
 
-def test_a_model_gate_waits_for_another_process_writing_the_warehouse(tmp_path: Path) -> None:
-    """In the UI's multiprocess runs a gate may start while dbt (another process) writes the warehouse:
-    DuckDB refuses the read-only connection while the write lock is held; the gate waits for it."""
-    import subprocess
-    import sys
-    import time
-
-    from orchestration.quality import warehouse_when_free
-
-    db = tmp_path / "warehouse.duckdb"
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-            "c.execute('create table t as select 42 as v'); print('ready', flush=True); time.sleep(3)",
-            str(db),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert writer.stdout.readline().strip() == "ready"
-    started = time.monotonic()
-    with pytest.raises(duckdb.IOException, match="(?i)lock"):
-        warehouse_when_free(db, wait_s=0)
-    con = warehouse_when_free(db, wait_s=60)
-    try:
-        assert con.execute("select v from t").fetchall() == [(42,)]
-    finally:
-        con.close()
-    assert time.monotonic() - started > 1 and writer.wait(10) == 0
-
-
-def test_the_bronze_views_wait_for_another_runs_gate_reading_the_warehouse(tmp_path: Path) -> None:
-    """A writer needs every reader gone: the bronze views (written before a dbt build) wait while another
-    process (another run's model gate) holds a read-only connection, instead of failing the step."""
+@pytest.mark.parametrize("holder", ["dbt writing", "a gate reading"])
+def test_a_warehouse_connection_waits_for_another_process_holding_the_file(tmp_path: Path, holder: str) -> None:
+    """DuckDB: one writer process, and no reader while it writes; a writer needs every reader gone. In the
+    UI's multiprocess runs a model gate may start while dbt (another process) writes the warehouse, and the
+    bronze views (written before a dbt build) may find another run's gate reading it: each waits for the
+    file instead of failing the step."""
     import subprocess
     import sys
     import time
@@ -236,25 +206,27 @@ def test_the_bronze_views_wait_for_another_runs_gate_reading_the_warehouse(tmp_p
 
     db = tmp_path / "warehouse.duckdb"
     duckdb.connect(str(db)).execute("create table t as select 42 as v").close()
-    reader = subprocess.Popen(
+    reading = holder == "a gate reading"
+    held = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
-            "c.execute('select * from t').fetchall(); print('reading', flush=True); time.sleep(3)",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == 'ro'); "
+            "c.execute('select * from t').fetchall(); print('holding', flush=True); time.sleep(3)",
             str(db),
+            "ro" if reading else "rw",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert reader.stdout.readline().strip() == "reading"
+    assert held.stdout.readline().strip() == "holding"
     started = time.monotonic()
+    # the gate reads while dbt writes; the views write while a gate reads
     with pytest.raises(duckdb.IOException, match="(?i)lock"):
-        warehouse_when_free(db, read_only=False, wait_s=0)
-    con = warehouse_when_free(db, read_only=False, wait_s=60)
+        warehouse_when_free(db, read_only=not reading, wait_s=0)
+    con = warehouse_when_free(db, read_only=not reading, wait_s=60)
     try:
-        con.execute("insert into t values (43)")
-        assert con.execute("select count(*) from t").fetchall() == [(2,)]
+        assert con.execute("select v from t").fetchall() == [(42,)]
     finally:
         con.close()
-    assert time.monotonic() - started > 1 and reader.wait(10) == 0
+    assert time.monotonic() - started > 1 and held.wait(10) == 0
