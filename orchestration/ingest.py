@@ -8,7 +8,7 @@ The rules, in one place:
   `_source_checksum` (files only).
 - A row without a primary-key value, or repeating a key already seen in the same landing, goes to
   `<lake>/quarantine/<agency>/<source>` with its reason; so does a row a connector could not read.
-  Quarantine rows are keyed by a hash of (record, reason): a rerun never duplicates them.
+  Quarantine rows are keyed by a hash of (file, record, reason): a rerun never duplicates them.
 - Files: each file's rows replace that file's earlier rows (overwrite by `_source_file`); unchanged
   files are skipped. The files of one load are committed together, one Delta commit per
   BRONZE_COMMIT_BYTES of rows (a file read in pieces streams in a commit of its own).
@@ -355,8 +355,11 @@ def _with_meta(table: pa.Table, batch: str, now: dt.datetime, landing: Landing) 
 def _quarantine_table(
     source: Source, rejected: list[Rejected], batch: str, now: dt.datetime, landing: Landing, file_done: bool = False
 ) -> pa.Table:
+    # a record and its reason, per delivered file: a rerun (or an API page or MQTT message delivered again)
+    # never duplicates a quarantine row, and the same bad line in two files is two rows (an export's
+    # trailer line in every daily file), not one
     def qid(r: Rejected) -> str:
-        return hashlib.sha256(f"{source.key}\0{r.record}\0{r.reason}".encode()).hexdigest()
+        return hashlib.sha256(f"{source.key}\0{landing.file or ''}\0{r.record}\0{r.reason}".encode()).hexdigest()
 
     n = len(rejected)
     return pa.table(

@@ -53,6 +53,31 @@ def test_csv_options_redelivery_and_unparseable_file(tmp_path):
     ]
 
 
+def test_the_same_bad_line_in_several_files_is_held_back_once_per_file(tmp_path):
+    """An export's trailer or broken line repeated in every daily file: one quarantine row per file (with
+    its file:line), as many as the load counted; a rerun adds none."""
+    import random
+
+    rng = random.Random(7)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    days = rng.randint(3, 8)
+    for d in range(days):
+        rows = "".join(f'{{"id": "{d}-{i}", "v": {i}}}\n' for i in range(rng.randint(1, 5)))
+        (drop / f"day{d}.jsonl").write_text(rows + '{"id": "trailer", "v": \n')  # the same broken line each day
+    spec = {"kind": "files", "path": str(drop / "*.jsonl"), "format": "jsonl", "primary_key": ["id"]}
+    cfg, src = one_source(tmp_path, "parks", "counters", spec)
+    first = run(cfg, src)
+    held = quarantine_rows(cfg, src)
+    assert first.quarantined == days == len(held)
+    assert sorted(q["location"].rsplit("/", 1)[-1].split(":")[0] for q in held) == [
+        f"day{d}.jsonl" for d in range(days)
+    ]
+    (drop / "day0.jsonl").write_text((drop / "day0.jsonl").read_text() + '{"id": "late", "v": 1}\n')
+    run(cfg, src, "run-2")  # a changed file read again: its broken line is not held back twice
+    assert len(quarantine_rows(cfg, src)) == days
+
+
 def test_every_format_and_a_broken_file_recorded_once(tmp_path):
     drop = tmp_path / "drop"
     drop.mkdir()
