@@ -355,11 +355,16 @@ def _with_meta(table: pa.Table, batch: str, now: dt.datetime, landing: Landing) 
 def _quarantine_table(
     source: Source, rejected: list[Rejected], batch: str, now: dt.datetime, landing: Landing, file_done: bool = False
 ) -> pa.Table:
-    # a record and its reason, per delivered file: a rerun (or an API page or MQTT message delivered again)
-    # never duplicates a quarantine row, and the same bad line in two files is two rows (an export's
-    # trailer line in every daily file), not one
+    # a record and its reason, per delivered file of a `files` source: a rerun (or an API page or MQTT message
+    # delivered again, whatever its batch) never duplicates a quarantine row, and the same bad line in two
+    # files is two rows (an export's trailer line in every daily file), not one. The file as the city names
+    # it (relative to city.yaml's folder), so that a city moved to another folder keeps its ids.
+    delivery = ""
+    if source.kind == "files" and landing.file:
+        delivery = landing.file if "://" in landing.file else os.path.relpath(landing.file, source.base_dir)
+
     def qid(r: Rejected) -> str:
-        return hashlib.sha256(f"{source.key}\0{landing.file or ''}\0{r.record}\0{r.reason}".encode()).hexdigest()
+        return hashlib.sha256(f"{source.key}\0{delivery}\0{r.record}\0{r.reason}".encode()).hexdigest()
 
     n = len(rejected)
     return pa.table(
