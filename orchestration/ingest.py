@@ -499,6 +499,8 @@ class _Loader:
         #: files read and checked whose rows wait for the next bronze commit (`flush`)
         self.pending: list[tuple[str, pa.Table]] = []
         self.pending_bytes = 0
+        #: the columns the pending files bring, typed as the first of them has it (as the commit will add them)
+        self.pending_fields: dict[str, pa.Field] = {}
         self.suite = bronze_suite(source)
         self.spill_root = cfg.state_dir / "spill"
         # resolved first: a missing key fails the load before anything is written
@@ -532,11 +534,7 @@ class _Loader:
         them has it (as the commit will add it): a later file conforms to it as if they were committed."""
         fields = list(self.schema) if self.schema is not None else []
         names = {f.name for f in fields}
-        for _, table in self.pending:
-            for f in table.schema:
-                if f.name not in names:
-                    fields.append(f)
-                    names.add(f.name)
+        fields += [f for name, f in self.pending_fields.items() if name not in names]
         return pa.schema(fields) if fields else None
 
     def tick(self) -> None:
@@ -586,7 +584,7 @@ class _Loader:
         files = [f for f, _ in self.pending]
         data = pa.concat_tables([t for _, t in self.pending], promote_options="permissive")
         lake.overwrite_where(self.uri, data, "_source_file", files)
-        self.pending, self.pending_bytes = [], 0
+        self.pending, self.pending_bytes, self.pending_fields = [], 0, {}
         self.schema = lake.schema(self.uri)
         self.log(f"{self.source.key}: {len(files)} file(s), {data.num_rows} rows committed to bronze")
 
@@ -630,6 +628,8 @@ class _Loader:
                     # a file read in one piece waits for the load's next commit (with the files after it)
                     self.pending.append((landing.file, data))
                     self.pending_bytes += data.nbytes
+                    for f in data.schema:
+                        self.pending_fields.setdefault(f.name, f)
                     if self.pending_bytes >= BRONZE_COMMIT_BYTES:
                         self.flush()
                 else:
