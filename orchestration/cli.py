@@ -218,6 +218,24 @@ def run_assets(
     last: dt.date | None = None,
     rebuild: bool = False,
 ) -> bool:
+    """Materialize the selection through Dagster (see `_run_assets`) in a warm dbt server's block: when the
+    run first needs dbt (the project's parse, a dbt step), dbt is imported once, in the server, and every
+    dbt process of the run forks from it (orchestration/warm_dbt.py)."""
+    from orchestration.dbt_build import parsed
+    from orchestration.warm_dbt import warm_dbt_server
+
+    # started at once when dbt will surely run: a rebuild, named days, or a project not parsed yet
+    with warm_dbt_server(now=rebuild or first is not None or last is not None or not parsed(cfg)):
+        return _run_assets(cfg, select, first, last, rebuild)
+
+
+def _run_assets(
+    cfg: CityConfig,
+    select: str | None,
+    first: dt.date | None,
+    last: dt.date | None,
+    rebuild: bool,
+) -> bool:
     """Materialize the selection (everything when None) through Dagster, recorded in DAGSTER_HOME.
 
     The daily-partitioned assets rebuild the days first..last in one run. With no days named, the

@@ -23,12 +23,14 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
 
 import yaml
 
+from orchestration import warm_dbt
 from orchestration.config import EARLIEST, CityConfig, Deduplicate, Source
 from orchestration.entities import ENTITIES, Entity
 from orchestration.keys import key_sql
@@ -890,6 +892,11 @@ def _fingerprint(project: Path) -> str:
     return h.hexdigest()
 
 
+def parsed(cfg: CityConfig) -> bool:
+    """Whether the city's dbt project was parsed before (by `build_project`)."""
+    return (cfg.state_dir / "dbt" / "target" / ".fingerprint").is_file()
+
+
 def parse_if_changed(project: Path) -> None:
     """Write target/manifest.json (what dagster-dbt loads) unless the project is unchanged."""
     stamp = project / "target" / ".fingerprint"
@@ -897,11 +904,18 @@ def parse_if_changed(project: Path) -> None:
     if stamp.exists() and (project / "target" / "manifest.json").exists() and stamp.read_text() == fp:
         return
     dbt_env()
-    from dbt.cli.main import dbtRunner
+    args = ["parse", "--quiet", "--project-dir", str(project), "--profiles-dir", str(project)]
+    if warm_dbt.start():  # in a run: parse in its warm dbt server (which the dbt steps use next), not here
+        proc = subprocess.run([warm_dbt.executable(), *args], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            said = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+            raise RuntimeError(f"dbt parse failed for {project} (exit status {proc.returncode}):\n{said}")
+    else:
+        from dbt.cli.main import dbtRunner
 
-    res = dbtRunner().invoke(["parse", "--quiet", "--project-dir", str(project), "--profiles-dir", str(project)])
-    if not res.success:
-        raise RuntimeError(f"dbt parse failed for {project}: {res.exception}")
+        res = dbtRunner().invoke(args)
+        if not res.success:
+            raise RuntimeError(f"dbt parse failed for {project}: {res.exception}")
     stamp.write_text(fp)
 
 

@@ -16,15 +16,14 @@ import contextlib
 import functools
 import importlib.metadata
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets
 from packaging import version
 
+from orchestration import warm_dbt
 from orchestration.city import city, dbt_project_dir, domain_owners
 from orchestration.dbt_build import bronze_views, dbt_env
 from orchestration.entities import domain_of
@@ -157,9 +156,15 @@ class CityDbtResource(DbtCliResource):
     def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> None:
         return None
 
+    def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
+        """dagster-dbt's `cli`, with the run's warm dbt server started first (orchestration/warm_dbt.py)."""
+        warm_dbt.start()
+        return super().cli(args, **kwargs)
 
-# the dbt of this environment, whether or not the venv is on PATH
-DBT = str(Path(sys.executable).with_name("dbt"))
+
+# the dbt of this environment, whether or not the venv is on PATH, forked from the run's warm dbt server when
+# there is one (orchestration/warm_dbt.py)
+DBT = warm_dbt.executable()
 defs = dg.Definitions(
     assets=[dbt_reference, dbt_daily, dbt_from_facts],
     resources={"dbt": CityDbtResource(project_dir=project, profiles_dir=str(dbt_project_dir()), dbt_executable=DBT)},

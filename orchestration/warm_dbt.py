@@ -1,0 +1,291 @@
+"""Warm dbt: the dbt steps of one `citylake run` start from a process that has already imported dbt.
+
+A dbt process spends about 3 s of CPU importing dbt (dbt-core, its adapters, agate, Jinja) before it
+reads the project; a run starts two or three of them, and the test suite a few hundred. `citylake run`
+starts one server that imports dbt once (while the loads run) and listens on a Unix socket in a private
+temporary folder; dagster-dbt starts `citylake-dbt` (this module's `client`) as its dbt executable, and the
+client hands its arguments, working folder, environment and standard streams to the server, which forks a
+child that runs dbt's own command line exactly as the `dbt` executable would. The child is a new process
+of its own (dbt's global state is fresh in it); it reports its process id and then its exit code, and the
+client exits with that code, so dagster-dbt sees what it would see from `dbt`: the same JSON log lines on
+the same pipe, the same files, the same exit status.
+
+Nothing depends on the server being there: with no server (`CITYLAKE_DBT_WARM` unset: the Dagster UI, a
+Celery worker, a test materializing assets itself) or none answering, the client replaces itself with the
+real `dbt` executable. SIGINT and SIGTERM sent to the client (dagster-dbt interrupts a cancelled step with
+SIGINT) go on to the child; a child whose client is gone (killed) stops. The server ends with the process
+that started it (it watches its standard input, a pipe from that process).
+
+Only the standard library is imported here at module level: the client starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ENV = "CITYLAKE_DBT_WARM"  # the server's socket, set by `warm_dbt_server` for the processes it starts
+_LENGTH = struct.Struct("!Q")
+
+
+def real_dbt() -> str:
+    """The `dbt` executable of this environment."""
+    return str(Path(sys.executable).with_name("dbt"))
+
+
+def executable() -> str:
+    """What dagster-dbt should start: `citylake-dbt` (next to the Python running citylake) when installed,
+    else `dbt` itself."""
+    client = Path(sys.executable).with_name("citylake-dbt")
+    return str(client) if client.exists() else real_dbt()
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+def client() -> None:
+    """`citylake-dbt ARGS...`: dbt ARGS run by the warm server when there is one, else by `dbt` itself."""
+    args = sys.argv[1:]
+    path = os.environ.get(ENV)
+    conn = None
+    if path:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(path)
+        except OSError:
+            conn.close()
+            conn = None
+    if conn is None:
+        _exec_real(args)
+    payload = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ), "argv0": real_dbt()}).encode()
+    try:
+        socket.send_fds(conn, [_LENGTH.pack(len(payload))], [0, 1, 2])
+        conn.sendall(payload)
+        replies = conn.makefile("rb")
+        started = replies.readline()
+    except OSError:
+        started = b""
+    if not started:  # the server went away before starting dbt: nothing ran, so run it here
+        _exec_real(args)
+    child = int(started)
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    ended = replies.readline()
+    # no exit code: the child died without reporting one (killed); dbt's own exit code for a crash is 2
+    sys.exit(int(ended) if ended.strip() else 2)
+
+
+def _exec_real(args: list[str]) -> None:
+    dbt = real_dbt()
+    os.execv(dbt, [dbt, *args])
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+def serve(path: str) -> None:
+    """Listen on `path`, import dbt, and fork a dbt child for each client until standard input closes."""
+    import selectors
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)  # clients wait in the backlog while dbt is imported
+    _import_dbt()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    watch = selectors.DefaultSelector()
+    watch.register(listener, selectors.EVENT_READ)
+    watch.register(sys.stdin.fileno(), selectors.EVENT_READ)
+    while True:
+        for key, _ in watch.select():
+            if key.fileobj != listener:
+                if not os.read(sys.stdin.fileno(), 4096):  # the process that started the server ended
+                    return
+                continue
+            conn, _ = listener.accept()
+            try:
+                request = _receive(conn)
+            except (OSError, ValueError):
+                conn.close()
+                continue
+            if os.fork() == 0:
+                listener.close()
+                _child(conn, *request)
+            conn.close()
+            for fd in request[0]:
+                os.close(fd)
+
+
+def _import_dbt() -> None:
+    """What every dbt build of citylake imports (the rest is imported by the child, as by `dbt`)."""
+    import agate  # noqa: F401
+    import dbt.adapters.duckdb
+    import dbt.cli.main
+    import dbt.task.build
+    import dbt.task.seed  # noqa: F401
+    import duckdb  # noqa: F401
+
+
+def _receive(conn: socket.socket) -> tuple[list[int], dict]:
+    header, fds, _, _ = socket.recv_fds(conn, _LENGTH.size, 3)
+    if len(header) != _LENGTH.size or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("not a citylake-dbt request")
+    (length,) = _LENGTH.unpack(header)
+    data = bytearray()
+    while len(data) < length:
+        chunk = conn.recv(min(1 << 20, length - len(data)))
+        if not chunk:
+            raise ValueError("request cut short")
+        data += chunk
+    return fds, json.loads(data)
+
+
+def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
+    """In the forked child: become the client's dbt process, run dbt's command line, report its exit code."""
+    import atexit
+    import threading
+    import traceback
+
+    for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = [request["argv0"], *request["args"]]
+    conn.sendall(f"{os.getpid()}\n".encode())
+
+    def client_gone() -> None:  # the client never sends anything: EOF means it ended before dbt did
+        with contextlib.suppress(OSError):
+            conn.recv(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=client_gone, daemon=True).start()
+    code: object = 0
+    try:
+        from dbt.cli.main import cli
+
+        cli.main(args=request["args"], prog_name="dbt")
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:  # noqa: BLE001 - reported as the dbt executable would, on stderr with exit status 1
+        traceback.print_exc()
+        code = 1
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        conn.sendall(f"{code}\n".encode())
+    os._exit(code)
+
+
+class _Server:
+    """One warm dbt server, started on first use."""
+
+    def __init__(self) -> None:
+        self.process = None
+        self.folder: str | None = None
+        self.before: str | None = None
+
+    def start(self) -> None:
+        import subprocess
+        import tempfile
+
+        if self.process is not None:
+            return
+        self.folder = tempfile.mkdtemp(prefix="citylake-dbt-")
+        path = os.path.join(self.folder, "socket")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "orchestration.warm_dbt", path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.before = os.environ.get(ENV)
+        os.environ[ENV] = path
+        # the server listens before it imports dbt: wait the few milliseconds until it does, so that the
+        # dbt process started next is served (a client finding no socket would run dbt itself)
+        end = time.monotonic() + 10
+        while not os.path.exists(path) and self.process.poll() is None and time.monotonic() < end:
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        import shutil
+        import subprocess
+
+        if self.process is None:
+            return
+        if self.before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = self.before
+        # the server holds nothing (each dbt process is a child of its own, already finished here): stopped at
+        # once, even while it still imports dbt
+        self.process.terminate()
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.process = None
+
+
+_blocks: list[_Server] = []  # the warm_dbt_server blocks open in this process, innermost last
+
+
+@contextlib.contextmanager
+def warm_dbt_server(now: bool = False) -> Iterator[None]:
+    """A warm dbt server for the block, started at once when `now` (dbt is surely needed: it imports while
+    the run does other things), else by `start()` when the block first needs dbt (a run that finds nothing
+    new imports no dbt at all). The dbt processes started after that (by dagster-dbt, through
+    `citylake-dbt`) fork from it. CITYLAKE_DBT_WARM=0 turns it off."""
+    if os.environ.get(ENV) == "0" or Path(executable()).name != "citylake-dbt":
+        yield
+        return
+    server = _Server()
+    _blocks.append(server)
+    if now:
+        server.start()
+    try:
+        yield
+    finally:
+        _blocks.remove(server)
+        server.stop()
+
+
+def start() -> bool:
+    """Start the innermost `warm_dbt_server` block's server unless it runs; whether one runs (none outside
+    a block, e.g. in a Celery worker or the Dagster UI)."""
+    if not _blocks:
+        return False
+    _blocks[-1].start()
+    return True
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

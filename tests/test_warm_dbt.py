@@ -1,0 +1,160 @@
+"""The warm dbt server (orchestration/warm_dbt.py): `citylake-dbt` runs real dbt, forked from the server when
+one runs, itself when none does, with the caller's arguments, folder, environment, streams and exit status;
+signals reach the dbt process; a dbt process whose client was killed stops; the server ends with its block.
+
+A tiny dbt-duckdb project is written for each test; its Python model records its own process and parent
+process ids in the warehouse (so a test can tell who ran it), and can sleep (so a test can interrupt it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from orchestration import warm_dbt
+
+CLIENT = Path(sys.executable).with_name("citylake-dbt")
+pytestmark = pytest.mark.skipif(not CLIENT.exists(), reason="citylake-dbt is not installed (run `make install`)")
+
+
+def project(root: Path, sleep_s: int = 0) -> Path:
+    (root / "models").mkdir(parents=True)
+    (root / "dbt_project.yml").write_text("name: warm\nversion: '1.0'\nprofile: warm\nconfig-version: 2\n")
+    (root / "profiles.yml").write_text(
+        "warm:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n      path: warehouse.duckdb\n"
+    )
+    (root / "models" / "who.py").write_text(
+        "import os, time\n\n"
+        "def model(dbt, session):\n"
+        f"    time.sleep({sleep_s})\n"
+        "    said = os.environ.get('WARM_TEST_WORD', '')\n"
+        "    return session.sql(\n"
+        "        f\"select {os.getpid()} as pid, {os.getppid()} as ppid, '{said}' as word, '{os.getcwd()}' as cwd\"\n"
+        "    )\n"
+    )
+    (root / "models" / "broken.sql").write_text("select * from a_table_nobody_made\n")
+    return root
+
+
+def dbt(root: Path, *args: str, env: dict[str, str], **kw) -> subprocess.Popen:
+    # relative paths: the dbt process must work in the client's folder
+    return subprocess.Popen(
+        [str(CLIENT), *args, "--project-dir", ".", "--profiles-dir", "."],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def who(root: Path) -> tuple[int, int, str, str]:
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute("select pid, ppid, word, cwd from who").fetchone()
+
+
+def server_pid() -> int:
+    return warm_dbt._blocks[-1].process.pid
+
+
+def environment(**more: str) -> dict[str, str]:
+    return {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", **more}
+
+
+@pytest.mark.parametrize("word", ["river", "ĉiutage"])
+def test_dbt_forked_from_the_server_runs_as_the_client_asked(tmp_path, word):
+    root = project(tmp_path / "p")
+    before = os.environ.get(warm_dbt.ENV)
+    with warm_dbt.warm_dbt_server(now=True):
+        env = environment(WARM_TEST_WORD=word)
+        ok = dbt(root, "run", "--select", "who", env=env)
+        out, _ = ok.communicate(timeout=300)
+        assert ok.returncode == 0, out
+        pid, ppid, said, cwd = who(root)
+        assert ppid == server_pid()  # forked from the server, not started by the client
+        assert pid != ok.pid
+        assert (said, cwd) == (word, str(root))  # the client's environment and folder
+        assert "Completed successfully" in out  # dbt's own output, on the client's stdout
+
+        failed = dbt(root, "run", "--select", "broken", env=env)
+        out, _ = failed.communicate(timeout=300)
+        assert failed.returncode == 1  # dbt's exit status for a failed model, as `dbt` gives it
+        assert "a_table_nobody_made" in out
+        assert os.environ[warm_dbt.ENV].endswith("socket")
+    assert os.environ.get(warm_dbt.ENV) == before  # put back after the block
+
+
+def test_without_a_server_the_client_becomes_dbt_itself(tmp_path):
+    root = project(tmp_path / "p")
+    env = {k: v for k, v in environment(WARM_TEST_WORD="alone").items() if k != warm_dbt.ENV}
+    proc = dbt(root, "run", "--select", "who", env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert who(root)[:3] == (proc.pid, os.getpid(), "alone")  # exec'd: the client's own process ran dbt
+    # a socket nobody listens on (a server that died): the same
+    proc = dbt(root, "run", "--select", "broken", env={**env, warm_dbt.ENV: str(tmp_path / "gone.socket")})
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "a_table_nobody_made" in out
+
+
+def _dbt_pid(root: Path, started: float) -> int:
+    """The pid of the server's child working in `root`, waiting for it to start."""
+    while time.monotonic() - started < 120:
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and f"PPid:\t{server_pid()}\n" in (p / "status").read_text():
+                    if (p / "cwd").resolve() == root:
+                        return int(p.name)
+            except OSError:
+                continue
+        time.sleep(0.2)
+    raise AssertionError("the dbt child never started")
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_signal_to_the_client_stops_the_dbt_child(tmp_path, how):
+    root = project(tmp_path / "p", sleep_s=120)
+    with warm_dbt.warm_dbt_server(now=True):
+        started = time.monotonic()
+        proc = dbt(root, "run", "--select", "who", env=environment())
+        child = _dbt_pid(root, started)
+        time.sleep(1)
+        proc.send_signal(getattr(signal, how))
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        # SIGINT is passed on (dagster-dbt cancels a step so); after SIGKILL the child sees its client gone
+        assert _gone(child, 30), f"the dbt child {child} still runs after {how} to its client"
+        assert time.monotonic() - started < 100  # not by the model's end
+
+
+def test_the_server_ends_with_its_block_and_leaves_nothing(tmp_path):
+    with warm_dbt.warm_dbt_server(now=True):
+        server = warm_dbt._blocks[-1]
+        pid, folder = server.process.pid, Path(server.folder)
+        assert (folder / "socket").exists()  # listening when started (before dbt is imported)
+    assert server.process is None and not folder.exists()
+    assert _gone(pid, 10)
+    with warm_dbt.warm_dbt_server():  # not started until asked
+        assert warm_dbt._blocks[-1].process is None
+        assert warm_dbt.start() and warm_dbt._blocks[-1].process is not None
+    assert not warm_dbt.start()  # outside a block there is none
