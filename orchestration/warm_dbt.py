@@ -10,9 +10,10 @@ of its own (dbt's global state is fresh in it); it reports its process id and th
 client exits with that code, so dagster-dbt sees what it would see from `dbt`: the same JSON log lines on
 the same pipe, the same files, the same exit status.
 
-Nothing depends on the server being there: with no server (`CITYLAKE_DBT_WARM` unset: the Dagster UI, a
-Celery worker, a test materializing assets itself) or none answering, the client replaces itself with the
-real `dbt` executable. SIGINT and SIGTERM sent to the client (dagster-dbt interrupts a cancelled step with
+Outside `citylake run` (a run launched by the Dagster UI or daemon, a Celery worker), the first dbt step
+of a process starts a server for the rest of that process. Nothing depends on the server being there: with
+no server (`CITYLAKE_DBT_WARM` unset, or `0`) or none answering, the client replaces itself with the real
+`dbt` executable. SIGINT and SIGTERM sent to the client (dagster-dbt interrupts a cancelled step with
 SIGINT) go on to the child; a child whose client is gone (killed) stops. The server ends with the process
 that started it (it watches its standard input, a pipe from that process).
 
@@ -278,12 +279,27 @@ def warm_dbt_server(now: bool = False) -> Iterator[None]:
         server.stop()
 
 
-def start() -> bool:
-    """Start the innermost `warm_dbt_server` block's server unless it runs; whether one runs (none outside
-    a block, e.g. in a Celery worker or the Dagster UI)."""
-    if not _blocks:
+_for_process: list[_Server] = []  # the server `start(anywhere=True)` started outside any block
+
+
+def start(anywhere: bool = False) -> bool:
+    """Start the innermost `warm_dbt_server` block's server unless it runs; whether one runs. Outside a
+    block: none, or with `anywhere`, one for the rest of this process (a run launched by the Dagster UI or
+    daemon runs its steps in a process of its own, a Celery worker runs many steps), stopped when the process
+    exits (or, if it is killed, when the server's standard input closes with it)."""
+    if os.environ.get(ENV) == "0" or Path(executable()).name != "citylake-dbt":
         return False
-    _blocks[-1].start()
+    if _blocks:
+        _blocks[-1].start()
+        return True
+    if not anywhere:
+        return False
+    if not _for_process:
+        import atexit
+
+        _for_process.append(_Server())
+        atexit.register(_for_process[0].stop)
+    _for_process[0].start()
     return True
 
 

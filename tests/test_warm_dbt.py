@@ -158,3 +158,26 @@ def test_the_server_ends_with_its_block_and_leaves_nothing(tmp_path):
         assert warm_dbt._blocks[-1].process is None
         assert warm_dbt.start() and warm_dbt._blocks[-1].process is not None
     assert not warm_dbt.start()  # outside a block there is none
+
+
+def test_outside_a_block_a_dbt_step_starts_a_server_for_the_rest_of_its_process(tmp_path):
+    # what a run launched by the Dagster UI or daemon, or a Celery worker, does: its first dbt step starts
+    # one, its later dbt steps fork from it, and it ends with the process
+    root = project(tmp_path / "p")
+    script = (
+        "import os, subprocess, sys\n"
+        "from orchestration import warm_dbt\n"
+        "assert warm_dbt.start(anywhere=True) and warm_dbt.start(anywhere=True)\n"
+        "server = warm_dbt._for_process[0]\n"
+        f"subprocess.run([{str(CLIENT)!r}, 'run', '--select', 'who', '--project-dir', '.', '--profiles-dir', '.'],"
+        f" cwd={str(root)!r}, check=True, capture_output=True)\n"
+        "print(server.process.pid, server.folder)\n"
+    )
+    env = {k: v for k, v in environment().items() if k != warm_dbt.ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    pid, folder = out.stdout.split()
+    assert who(root)[1] == int(pid)  # the dbt process was the server's child
+    assert _gone(int(pid), 10) and not Path(folder).exists()

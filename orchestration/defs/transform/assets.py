@@ -157,8 +157,9 @@ class CityDbtResource(DbtCliResource):
         return None
 
     def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
-        """dagster-dbt's `cli`, with the run's warm dbt server started first (orchestration/warm_dbt.py)."""
-        warm_dbt.start()
+        """dagster-dbt's `cli`, with the run's warm dbt server started first (orchestration/warm_dbt.py): the
+        `citylake run` block's, else one for this process (a run launched by the UI or daemon, a worker)."""
+        warm_dbt.start(anywhere=True)
         return super().cli(args, **kwargs)
 
 
