@@ -181,3 +181,36 @@ def test_outside_a_block_a_dbt_step_starts_a_server_for_the_rest_of_its_process(
     pid, folder = out.stdout.split()
     assert who(root)[1] == int(pid)  # the dbt process was the server's child
     assert _gone(int(pid), 10) and not Path(folder).exists()
+
+
+def _cpu_s(pid: int) -> float:
+    """A live process's own user + system time (not its children's), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_dbt_childrens_cpu_time_is_counted_in_the_process_that_started_the_server(tmp_path):
+    # `make bench` (wait4) and anyone using getrusage count a run's CPU from its reaped descendants: the
+    # server reaps its dbt children, so their time reaches the run through the server
+    import resource
+
+    root = project(tmp_path / "p")
+    (root / "models" / "spin.py").write_text(
+        "import time\n\n"
+        "def model(dbt, session):\n"
+        "    end = time.process_time() + 3\n"
+        "    while time.process_time() < end:\n"
+        "        pass\n"
+        "    return session.sql(f'select {time.process_time()}::double as cpu_s')\n"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with warm_dbt.warm_dbt_server(now=True):
+        proc = dbt(root, "run", "--select", "spin", env=environment())
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        server_self = _cpu_s(server_pid())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        child = con.execute("select cpu_s from spin").fetchone()[0]  # the dbt child's CPU when its model ended
+    counted = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert child >= 3 and counted >= server_self + child - 0.05, (counted, server_self, child)
