@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from orchestration import warm_dbt
 from orchestration.city import city
 from orchestration.config import Source
 from orchestration.entities import domain_of
@@ -62,6 +63,10 @@ def bronze_asset(source: Source) -> dg.AssetsDefinition:
     )
     def _bronze(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         result = ingest(city(), source, context.run_id, log=progress(context.log))
+        if result.versions_committed or result.quarantined:
+            # something new: this run's dbt steps will follow; `citylake run`'s warm dbt server imports dbt
+            # meanwhile, while the other loads run (orchestration/warm_dbt.py; nothing outside that command)
+            warm_dbt.start()
         return dg.MaterializeResult(
             metadata={
                 **table_metadata(bronze_uri(city(), source.agency, source.name)),
