@@ -892,14 +892,19 @@ def _fingerprint(project: Path) -> str:
     return h.hexdigest()
 
 
+def _parse_stamp(project: Path) -> Path:
+    """The fingerprint of the project as last parsed (`parse_if_changed`)."""
+    return project / "target" / ".fingerprint"
+
+
 def parsed(cfg: CityConfig) -> bool:
     """Whether the city's dbt project was parsed before (by `build_project`)."""
-    return (cfg.state_dir / "dbt" / "target" / ".fingerprint").is_file()
+    return _parse_stamp(cfg.state_dir / "dbt").is_file()
 
 
 def parse_if_changed(project: Path) -> None:
     """Write target/manifest.json (what dagster-dbt loads) unless the project is unchanged."""
-    stamp = project / "target" / ".fingerprint"
+    stamp = _parse_stamp(project)
     fp = _fingerprint(project)
     if stamp.exists() and (project / "target" / "manifest.json").exists() and stamp.read_text() == fp:
         return

@@ -49,6 +49,11 @@ def executable() -> str:
     return str(client) if client.exists() else real_dbt()
 
 
+def _enabled() -> bool:
+    """Whether runs use a warm server: `citylake-dbt` is installed and CITYLAKE_DBT_WARM is not `0`."""
+    return os.environ.get(ENV) != "0" and Path(executable()).name == "citylake-dbt"
+
+
 # ---------------------------------------------------------------------------------------------- client
 
 
@@ -276,7 +281,7 @@ def warm_dbt_server(now: bool = False) -> Iterator[None]:
     the run does other things), else by `start()` when the block first needs dbt (a run that finds nothing
     new imports no dbt at all). The dbt processes started after that (by dagster-dbt, through
     `citylake-dbt`) fork from it. CITYLAKE_DBT_WARM=0 turns it off."""
-    if os.environ.get(ENV) == "0" or Path(executable()).name != "citylake-dbt":
+    if not _enabled():
         yield
         return
     server = _Server()
@@ -298,7 +303,7 @@ def start(anywhere: bool = False) -> bool:
     block: none, or with `anywhere`, one for the rest of this process (a run launched by the Dagster UI or
     daemon runs its steps in a process of its own, a Celery worker runs many steps), stopped when the process
     exits (or, if it is killed, when the server's standard input closes with it)."""
-    if os.environ.get(ENV) == "0" or Path(executable()).name != "citylake-dbt":
+    if not _enabled():
         return False
     if _blocks:
         _blocks[-1].start()
