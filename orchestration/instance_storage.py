@@ -26,7 +26,7 @@ from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
 from dagster._core.storage.sqlalchemy_compat import db_result
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 
 @functools.lru_cache(maxsize=256)
@@ -102,14 +102,23 @@ _ENGINES_LOCK = threading.Lock()
 def _engine(self: SqliteEventLogStorage, shard: str) -> sqlalchemy.Engine:
     """The storage's engine for one SQLite file, made once: Dagster made (and disposed) an engine for every
     connection, and its first connect initializes the dialect again, which was most of an event's cost.
-    Still NullPool: no connection is kept open between uses."""
+
+    Its pool keeps up to two connections to the file open between uses (SQLAlchemy's QueuePool, its default
+    for a SQLite file; two because an event's tag check runs inside its transaction; more are opened while
+    threads need them, and closed when given back): opening the file for every event (Dagster's NullPool)
+    cost ~1 s of CPU in a small city's run. A kept connection holds no lock between
+    uses: every use is a transaction, committed or rolled back when the connection goes back to the pool,
+    so other processes (the daemon, the webserver, other runs) write as before, waiting up to SQLite's busy
+    timeout for a lock. The storage's wipe and dispose close the kept connections (`_forget_engines`)."""
     with _ENGINES_LOCK:
         engines = self.__dict__.setdefault("_citylake_engines", OrderedDict())
         engine = engines.get(shard)
         if engine is None:
             engine = sqlalchemy.create_engine(
                 self.conn_string_for_shard(shard),
-                poolclass=NullPool,
+                poolclass=QueuePool,
+                pool_size=2,
+                max_overflow=-1,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
             )
             engines[shard] = engine
@@ -118,6 +127,14 @@ def _engine(self: SqliteEventLogStorage, shard: str) -> sqlalchemy.Engine:
         else:
             engines.move_to_end(shard)
         return engine
+
+
+def _forget_engines(self: SqliteEventLogStorage) -> None:
+    """Close the kept connections and forget the engines (the next use opens the files again)."""
+    with _ENGINES_LOCK:
+        engines = self.__dict__.pop("_citylake_engines", None) or {}
+        for engine in engines.values():
+            engine.dispose()
 
 
 @contextlib.contextmanager
@@ -140,8 +157,25 @@ def _has_table(self: SqliteEventLogStorage, table_name: str) -> bool:
         return bool(engine.dialect.has_table(conn, table_name))
 
 
+def _wipe(self: SqliteEventLogStorage) -> None:
+    """SqliteEventLogStorage.wipe (which deletes the runs' files), closing the kept connections: one kept
+    to a deleted file would hold its disk space for as long as the process lives."""
+    _forget_engines(self)
+    STOCK["wipe"](self)
+    _forget_engines(self)
+
+
+def _dispose(self: SqliteEventLogStorage) -> None:
+    """SqliteEventLogStorage.dispose (at the instance's end), closing the kept connections too."""
+    _forget_engines(self)
+    STOCK["dispose"](self)
+
+
 #: Dagster's own methods, as imported (tests/test_instance_storage.py compares both)
-STOCK = {name: SqliteEventLogStorage.__dict__.get(name) for name in ("_connect", "has_table", "store_event_batch")}
+STOCK = {
+    name: SqliteEventLogStorage.__dict__.get(name)
+    for name in ("_connect", "has_table", "store_event_batch", "wipe", "dispose")
+}
 
 
 def faster_sqlite_event_log() -> None:
@@ -152,8 +186,8 @@ def faster_sqlite_event_log() -> None:
       assets is 8,000 events, which the SQLite storage stored one at a time (about 3 s an asset, a
       quarter of a full rebuild at scale 10). Dagster hands such a run's events to `store_event_batch`
       when DAGSTER_EVENT_BATCH_SIZE is set; its SQLite class inherits the base's loop, replaced here;
-    - an engine kept per SQLite file instead of one made, initialized and disposed per connection (and
-      per table check), for every other event (steps, checks, logs).
+    - an engine kept per SQLite file, with a connection kept open, instead of one made, initialized and
+      disposed per connection (and per table check), for every other event (steps, checks, logs).
 
     Only Dagster's own methods are replaced (never a storage that has its own).
     tests/test_instance_storage.py checks that an instance records the same partitions, events and
@@ -164,3 +198,7 @@ def faster_sqlite_event_log() -> None:
         SqliteEventLogStorage._connect = _connect  # type: ignore[method-assign]
     if SqliteEventLogStorage.__dict__.get("has_table") is STOCK["has_table"]:
         SqliteEventLogStorage.has_table = _has_table  # type: ignore[method-assign]
+    if SqliteEventLogStorage.__dict__.get("wipe") is STOCK["wipe"]:
+        SqliteEventLogStorage.wipe = _wipe  # type: ignore[method-assign]
+    if SqliteEventLogStorage.__dict__.get("dispose") is STOCK["dispose"]:
+        SqliteEventLogStorage.dispose = _dispose  # type: ignore[method-assign]

@@ -7,8 +7,14 @@ import shutil
 import subprocess
 import tempfile
 
+import pytest
+
+from tests.conftest import CI
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SKIP_REASON = "Debian's chromium is not installed (make test installs it where it can: root with apt-get)"
+#: on a test that needs Chromium: skipped where it is missing, but under CI=true it runs and fails, saying why
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not CI, reason=SKIP_REASON)
 # without the background-networking flags Chromium keeps trying to reach Google on this closed network
 FLAGS = [
     "--headless",

@@ -122,9 +122,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     (out / "suite.json").write_text(json.dumps(record, indent=1))
 
 
+#: CI=true: a test whose service or client is missing fails instead of skipping (see `unavailable`)
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def unavailable(reason: str) -> None:
     """Skip a test whose real client or service is missing here, saying why; under CI=true that fails it."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if CI:
         pytest.fail(f"CI=true and {reason}")
     pytest.skip(reason)
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.browser import CHROMIUM, SKIP_REASON, inspect_page
+from tests.browser import inspect_page, needs_chromium
 from tests.conftest import BIN, CityRun, free_port
 
 
@@ -107,7 +107,7 @@ def test_data_docs_pages_are_indexed_and_offline(served) -> None:
     assert 'href="../index.html"' in page and "Home" in page
 
 
-@pytest.mark.skipif(not CHROMIUM and os.environ.get("CI") != "true", reason=SKIP_REASON)
+@needs_chromium
 def test_data_docs_page_is_styled_in_chromium(served) -> None:
     base, _ = served
     page = f"{base}/data-docs/{data_docs_links(base)[0]}"

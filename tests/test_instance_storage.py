@@ -7,11 +7,15 @@ batch size."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from dagster import (
     AssetKey,
     BackfillPolicy,
@@ -69,7 +73,7 @@ def _record(instance: DagsterInstance, partitions: DailyPartitionsDefinition, ra
 def stock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dagster's own SQLite event log methods back in place (until the test ends)."""
     monkeypatch.setattr(SqliteEventLogStorage, "store_event_batch", EventLogStorage.store_event_batch)
-    for name in ("_connect", "has_table"):
+    for name in ("_connect", "has_table", "wipe", "dispose"):
         monkeypatch.setattr(SqliteEventLogStorage, name, instance_storage.STOCK[name])
 
 
@@ -118,3 +122,81 @@ def test_batched_event_log_records_what_dagsters_own_does(
         assert batched[name]["distinct ids"] and own[name]["distinct ids"]
         assert batched[name]["latest"] == own[name]["latest"] == keys[-1]
         assert batched[name]["runs"] == own[name]["runs"] == 2
+
+
+#: a second process materializing into the same instance (DAGSTER_HOME = argv[1]) while the test's own
+#: instance keeps its connections open; it fails (SQLite's "database is locked") if one holds a lock
+_OTHER_PROCESS = """
+import sys
+from dagster import DagsterInstance, asset, materialize
+from orchestration import instance_storage
+
+instance_storage.faster_sqlite_event_log()
+
+@asset
+def written_elsewhere(context) -> None:
+    for i in range(40):
+        context.log.info(f"line {i}")
+
+with DagsterInstance.from_config(sys.argv[1]) as instance:
+    for _ in range(3):
+        assert materialize([written_elsewhere], instance=instance).success
+"""
+
+
+def test_kept_connections_are_reused_hold_no_lock_and_are_closed_by_wipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engines keep a connection open per SQLite file: a run's events reuse it (few connects for many
+    events), another process writes to the same files meanwhile (no lock is held between uses) and this
+    process then reads what it wrote, and a wipe (which deletes the runs' files) closes them; what is
+    written afterwards is in the files another instance reads."""
+    stock(monkeypatch)
+    instance_storage.faster_sqlite_event_log()
+    connects: list[str] = []
+
+    def counted(dbapi_connection, _record) -> None:
+        connects.append(dbapi_connection.execute("PRAGMA database_list").fetchall()[0][2])
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", counted)
+    try:
+        partitions = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-03-01")
+        home = tmp_path / "home"
+        with _instance(home) as instance:
+            first = _record(instance, partitions, [("2024-01-01", "2024-02-29")])
+            events = len(instance.get_records_for_run(instance.get_runs()[0].run_id, limit=100_000).records)
+            index_connects = [f for f in connects if f.endswith("index.db")]
+            # a handful (Dagster's own setup of the index, its schema check): not one or two per event
+            assert events > 200 and len(index_connects) <= 10, (events, connects)
+
+            # another process writes three runs into the same files while this instance keeps its connections
+            other = subprocess.run(
+                [sys.executable, "-c", _OTHER_PROCESS, str(home)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert other.returncode == 0, other.stderr[-3000:]
+            elsewhere = instance.fetch_materializations(AssetKey("written_elsewhere"), limit=100).records
+            assert len(elsewhere) == 3  # read on the kept connection: the other process's commits are seen
+            # and this process writes again after it
+            again = _record(instance, partitions, [("2024-02-01", "2024-02-29")])
+            assert again["upstream"]["runs"] == 1 + 3 + 1
+            assert len(again["upstream"]["events"]) == len(first["upstream"]["events"]) + 29
+
+            instance.wipe()
+            assert instance.get_runs() == []
+            # no connection is kept to a run's file the wipe deleted (it would hold its disk space)
+            held = [os.readlink(f) for f in Path("/proc/self/fd").iterdir() if f.is_symlink()]
+            assert not [f for f in held if f.startswith(str(home)) and f.endswith("(deleted)")], held
+            _record(instance, partitions, [("2024-02-10", "2024-02-11")])
+        # a new instance on the same folder reads the run written after the wipe from the files on disk
+        with DagsterInstance.from_config(str(home)) as fresh:
+            runs = fresh.get_runs()
+            assert len(runs) == 1
+            key = AssetKey("downstream")
+            assert sorted(fresh.get_materialized_partitions(key)) == ["2024-02-10", "2024-02-11"]
+            assert len(fresh.get_records_for_run(runs[0].run_id, limit=100_000).records) > 5
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "connect", counted)

@@ -23,7 +23,7 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from orchestration.publish import REPORT_NAME
 from orchestration.report_html import Gate, render
-from tests.browser import CHROMIUM, SKIP_REASON, console_messages, run_chromium
+from tests.browser import console_messages, needs_chromium, run_chromium
 from tests.conftest import REPO, CityRun
 
 
@@ -237,7 +237,7 @@ def _chromium_check(path: Path, shot_name: str, window: str = "1400,2600") -> tu
     return page.stdout, shot
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+@needs_chromium
 def test_headless_chromium_draws_every_chart_and_one_shape_per_district(city_run: CityRun) -> None:
     path = city_run.catalog.with_name(REPORT_NAME)
     dom, shot = _chromium_check(path, "indicator_report.png")
@@ -313,7 +313,7 @@ def _grid_districts(n: int) -> list[tuple[str, str, str]]:
     return out
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+@needs_chromium
 def test_three_hundred_districts_with_islands_and_holes_draw_one_shape_each(city_run: CityRun, tmp_path: Path) -> None:
     districts = _grid_districts(300)
     catalog = _copy_catalog(city_run, tmp_path)

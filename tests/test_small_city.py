@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.browser import CHROMIUM, SKIP_REASON, run_chromium
-from tests.conftest import citylake
+from tests.conftest import citylake, unavailable
 
 TZ = "Australia/Adelaide"
 
@@ -191,7 +191,7 @@ def test_the_report_maps_the_island_ward_and_the_ward_with_a_lake_as_one_shape_e
     assert "<title>North: 200.00</title>" in section and "<title>South: " in section
     assert ">North</text>" in section and ">South</text>" in section  # the names from name_property
     if CHROMIUM is None:
-        pytest.skip(SKIP_REASON)
+        unavailable(SKIP_REASON)
     dom = run_chromium("--dump-dom", (city.parent / "lake" / "indicator_report.html").as_uri()).stdout
     # the browser laid out both shapes of every map (one map per indicator with district values)
     drawn = re.findall(r'<svg class="map"[^>]*data-shapes-drawn="(\d+)"', dom)

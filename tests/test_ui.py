@@ -18,7 +18,7 @@ from datetime import date
 import pytest
 import yaml
 
-from tests.browser import CHROMIUM, SKIP_REASON, run_chromium
+from tests.browser import needs_chromium, run_chromium
 from tests.conftest import BIN, REPO, CityRun, free_port, write_city_config
 
 
@@ -203,7 +203,7 @@ def test_one_day_then_a_two_day_backfill_from_the_ui(ui) -> None:
     assert {DAY, *BACKFILL_DAYS} <= materialized_days(url, fact)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+@needs_chromium
 def test_the_asset_lineage_renders_in_a_browser(ui) -> None:
     url, _run = ui
     out = REPO / "test-output"
