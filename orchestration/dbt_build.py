@@ -586,7 +586,6 @@ def bronze_views(cfg: CityConfig) -> None:
     citylake's next build."""
     if not native_bronze(cfg):
         return
-    import pyarrow as pa
 
     from orchestration import lake
     from orchestration.quality import quote, warehouse_when_free
@@ -608,15 +607,6 @@ def bronze_views(cfg: CityConfig) -> None:
             if made.get((f"bronze_{s.agency}", s.name)) == mark:
                 continue
             schema, name = quote(f"bronze_{s.agency}"), quote(s.name)
-            con.register("_citylake_delta_schema", pa.schema(table.schema().to_arrow()).empty_table())
-            types = {r[0]: r[1] for r in con.execute("describe _citylake_delta_schema").fetchall()}
-            con.unregister("_citylake_delta_schema")
-            files = table.file_uris()
-            scan = f"read_parquet([{', '.join(_sql_str(f) for f in files)}], union_by_name = true)"
-            present = {r[0] for r in con.execute(f"describe select * from {scan}").fetchall()} if files else set()
-            columns = ", ".join(
-                f"cast({quote(c) if c in present else 'null'} as {t}) as {quote(c)}" for c, t in types.items()
-            )
             con.execute(f"create schema if not exists {schema}")
             kind = con.execute(
                 "select table_type from information_schema.tables where table_schema = ? and table_name = ?",
@@ -624,8 +614,7 @@ def bronze_views(cfg: CityConfig) -> None:
             ).fetchall()
             if kind and kind[0][0] != "VIEW":
                 con.execute(f"drop table {schema}.{name}")
-            body = f"from {scan}" if files else "where false"
-            con.execute(f"create or replace view {schema}.{name} as select {columns} {body}")
+            con.execute(f"create or replace view {schema}.{name} as {lake.parquet_select(con, table)}")
             con.execute(f"comment on view {schema}.{name} is {_sql_str(mark)}")
 
 

@@ -161,6 +161,44 @@ def rows_where(table: DeltaTable, column: str, value: str) -> pa.Table:
     return pa.table(QueryBuilder().register("t", table).execute(sql))
 
 
+def files_with(table: DeltaTable, column: str, value: str) -> list[str]:
+    """The current files of `table` that may hold rows whose text `column` equals `value`, by the Delta
+    log's statistics (a file without them is kept; a truncated string bound is compared as a prefix)."""
+    from urllib.parse import unquote
+
+    actions = pa.table(table.get_add_actions(flatten=True))
+    names = actions.schema.names
+    lows = actions.column(f"min.{column}").to_pylist() if f"min.{column}" in names else [None] * len(actions)
+    highs = actions.column(f"max.{column}").to_pylist() if f"max.{column}" in names else [None] * len(actions)
+    kept = {
+        unquote(str(path)).rsplit("/", 1)[-1]
+        for path, lo, hi in zip(actions.column("path").to_pylist(), lows, highs, strict=True)
+        if lo is None or hi is None or (str(lo) <= value and value[: len(str(hi))] <= str(hi))
+    }
+    return [f for f in table.file_uris() if unquote(f).rsplit("/", 1)[-1] in kept]
+
+
+def parquet_select(con, table: DeltaTable, files: Sequence[str] | None = None) -> str:
+    """SQL (a `select`) of a Delta table's rows as its current version holds them (or only those of `files`,
+    some of its current files), read by DuckDB's Parquet reader on `con`: each column of the Delta schema
+    cast to its type, null where the files lack it; no rows when there is no file. For a table on local
+    disk (DuckDB cannot read s3:// without its httpfs extension, which cannot be installed offline)."""
+    from orchestration.quality import quote
+
+    files = table.file_uris() if files is None else files
+    con.register("_citylake_delta_schema", pa.schema(table.schema().to_arrow()).empty_table())
+    try:
+        types = {r[0]: r[1] for r in con.execute("describe _citylake_delta_schema").fetchall()}
+    finally:
+        con.unregister("_citylake_delta_schema")
+    if not files:
+        return "select " + ", ".join(f"cast(null as {t}) as {quote(c)}" for c, t in types.items()) + " where false"
+    scan = "read_parquet([" + ", ".join(_sql_literal(f) for f in files) + "], union_by_name = true)"
+    present = {r[0] for r in con.execute(f"describe select * from {scan}").fetchall()}
+    columns = ", ".join(f"cast({quote(c) if c in present else 'null'} as {t}) as {quote(c)}" for c, t in types.items())
+    return f"select {columns} from {scan}"
+
+
 #: times a write that lost a commit race is redone before the error goes up (the asset's retry policy is next)
 CONFLICT_RETRIES = 5
 T = TypeVar("T")

@@ -230,3 +230,68 @@ def test_a_warehouse_connection_waits_for_another_process_holding_the_file(tmp_p
     finally:
         con.close()
     assert time.monotonic() - started > 1 and held.wait(10) == 0
+
+
+@pytest.mark.parametrize("seed", [5, 23])
+def test_a_load_gate_reads_the_loads_files_and_counts_what_delta_rs_reads(tmp_path: Path, seed: int) -> None:
+    """`validate_load` on a local lake reads the load's rows through DuckDB's Parquet reader, from the files
+    the Delta log's `_batch` statistics say may hold them (`lake.files_with`), instead of materializing them
+    through delta-rs (`lake.rows_where`, still what a lake on object storage uses). Random loads (appends of
+    one to three files each, then an upsert rewriting rows of the earlier loads) must give every expectation
+    the counts the same suite gives on delta-rs's rows of that load, and count exactly the load's rows."""
+    import random
+
+    from orchestration import lake, quality
+
+    rng = random.Random(seed)
+    uri = str(tmp_path / "bronze" / "agency" / "feed")
+    batches = [f"run-{seed}-{i}-{rng.randrange(10**9)}" for i in range(4)]
+
+    def rows(batch: str, keys: range) -> pa.Table:
+        return pa.table(
+            {
+                "id": [str(k) for k in keys],
+                "value": pa.array(
+                    [None if rng.random() < 0.1 else rng.choice([-5, 3, 7, 400]) for _ in keys], pa.int64()
+                ),
+                "_batch": [batch] * len(keys),
+                "_ingested_at": pa.array([dt.datetime(2025, 1, 1, tzinfo=dt.UTC)] * len(keys)),
+            }
+        )
+
+    start = 0
+    third = 0
+    for b in batches[:3]:
+        third = start
+        for _ in range(rng.randint(1, 3)):
+            n = rng.randint(5, 60)
+            lake.append(uri, rows(b, range(start, start + n)))
+            start += n
+    # the last load rewrites rows of the third (and a batch with no rows left reads no file)
+    rewritten = range(rng.randrange(third, start), start)
+    lake.upsert(uri, rows(batches[3], rewritten), keys=["id"], compare=["value", "_batch"])
+    table = lake.open_table(uri)
+    loaded = table.to_pyarrow_dataset().to_table(columns=["_batch"]).column("_batch").to_pylist()
+    suite = {
+        "name": "feed",
+        "expectations": [
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "value"}},
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "value", "min_value": 0}},
+            {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "id"}},
+        ],
+    }
+    fewer = 0
+    for batch in batches:
+        files = lake.files_with(table, "_batch", batch)
+        assert set(files) <= set(table.file_uris()) and (files or batch not in loaded)
+        fewer += len(files) < len(table.file_uris())
+        gate = quality.validate_load(suite, uri, batch)
+        with duckdb.connect() as con:  # the same suite on delta-rs's rows of the load
+            con.register("load", lake.rows_where(table, "_batch", batch))
+            read = validate_relation(suite, con, "load")
+        figures = [(e.element_count, e.missing_count, e.unexpected_count, e.success) for e in gate.expectations]
+        assert figures == [(e.element_count, e.missing_count, e.unexpected_count, e.success) for e in read.expectations]
+        assert gate.expectations[0].element_count == loaded.count(batch), batch
+    assert lake.files_with(table, "_batch", "run-that-wrote-nothing") == []
+    assert quality.validate_load(suite, uri, "run-that-wrote-nothing").expectations[0].element_count == 0
+    assert fewer and batches[-1] in loaded, "the statistics left out some files"
