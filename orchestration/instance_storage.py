@@ -106,10 +106,10 @@ def _engine(self: SqliteEventLogStorage, shard: str) -> sqlalchemy.Engine:
     Its pool keeps up to two connections to the file open between uses (SQLAlchemy's QueuePool, its default
     for a SQLite file; two because an event's tag check runs inside its transaction; more are opened while
     threads need them, and closed when given back): opening the file for every event (Dagster's NullPool)
-    cost ~1 s of CPU in a small city's run. A kept connection holds no lock between
-    uses: every use is a transaction, committed or rolled back when the connection goes back to the pool,
-    so other processes (the daemon, the webserver, other runs) write as before, waiting up to SQLite's busy
-    timeout for a lock. The storage's wipe and dispose close the kept connections (`_forget_engines`)."""
+    cost ~1 s of CPU in a small city's run. A kept connection holds no lock between uses: every use is a
+    transaction, committed or rolled back when the connection goes back to the pool, so other processes
+    (the daemon, the webserver, other runs) write as before, waiting up to SQLite's busy timeout for a
+    lock. The storage's wipe and dispose close the kept connections (`_forget_engines`)."""
     with _ENGINES_LOCK:
         engines = self.__dict__.setdefault("_citylake_engines", OrderedDict())
         engine = engines.get(shard)
@@ -162,7 +162,6 @@ def _wipe(self: SqliteEventLogStorage) -> None:
     to a deleted file would hold its disk space for as long as the process lives."""
     _forget_engines(self)
     STOCK["wipe"](self)
-    _forget_engines(self)
 
 
 def _dispose(self: SqliteEventLogStorage) -> None:

@@ -237,8 +237,9 @@ def test_a_load_gate_reads_the_loads_files_and_counts_what_delta_rs_reads(tmp_pa
     """`validate_load` on a local lake reads the load's rows through DuckDB's Parquet reader, from the files
     the Delta log's `_batch` statistics say may hold them (`lake.files_with`), instead of materializing them
     through delta-rs (`lake.rows_where`, still what a lake on object storage uses). Random loads (appends of
-    one to three files each, then an upsert rewriting rows of the earlier loads) must give every expectation
-    the counts the same suite gives on delta-rs's rows of that load, and count exactly the load's rows."""
+    one to three files each, then an upsert rewriting rows of the third load) must give every expectation
+    the counts the same suite gives on delta-rs's rows of that load, count exactly the load's rows, and
+    leave out files of other loads; a run that wrote nothing reads no file."""
     import random
 
     from orchestration import lake, quality
