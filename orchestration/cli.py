@@ -255,7 +255,7 @@ def _run_assets(
     from orchestration import up_to_date
     from orchestration.definitions import defs, everything_job
     from orchestration.defs.transform.assets import dbt_reference
-    from orchestration.partitions import data_days, full_range, range_tags
+    from orchestration.partitions import ALL_DATA_TAG, data_days, full_range, range_tags
     from orchestration.progress import progress_logger
     from orchestration.run_recovery import process_tags, recover_abandoned_runs
     from orchestration.status import indicators_snapshot, run_summary
@@ -368,11 +368,13 @@ def _run_assets(
             rest = keys - before - kept - blocked
             if not rest:
                 return ok
+            tags = {}
             if daily:  # the days the new loads touched, or (no usable record) every day the data covers
                 window = up_to_date.touched_days(cfg, record, now)
                 first, last = window or data_days(cfg) or (every_last, every_last)
                 _echo_days(first, last, daily)
-            rest_ok = execute(rest, range_tags(first, last) if daily else {})[0]
+                tags = {**range_tags(first, last), **({ALL_DATA_TAG: "true"} if window is None else {})}
+            rest_ok = execute(rest, tags)[0]
             if ok and rest_ok:
                 up_to_date.record_complete_run(cfg, now, results[-1].run_id, loads_finished)
             return ok and rest_ok
@@ -394,7 +396,10 @@ def _echo_days(first: dt.date | None, last: dt.date | None, daily: set) -> None:
 
 def _report(result) -> tuple[bool, set]:
     """Print a run's failures (step errors and failed checks, with their root cause) and its outcome;
-    returns whether it succeeded and the assets whose step or check failed."""
+    returns whether it succeeded and the assets whose check failed or raised (the assets
+    whose step failed are the ones the run did not materialize; `execute` adds those)."""
+    import dagster as dg
+
     failed = [
         e
         for e in result.all_events
@@ -408,6 +413,12 @@ def _report(result) -> tuple[bool, set]:
     ok = result.success and not failed
     click.echo(f"Run {result.run_id} {'succeeded' if ok else 'FAILED'}.")
     checks = {e.event_specific_data.asset_key for e in failed if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    # a check step that raised has no evaluation: its asset is not vouched for either
+    layer = result.job_def.asset_layer
+    for e in failed:
+        if e.event_type_value == "STEP_FAILURE" and e.node_handle is not None:
+            keys = layer.get_selected_entity_keys_for_node(e.node_handle)
+            checks |= {k.asset_key for k in keys if isinstance(k, dg.AssetCheckKey)}
     return ok, checks
 
 

@@ -33,6 +33,14 @@ def deaths(catalog: Path) -> dict[tuple[str, str], float]:
     return {(a, p): n for a, p, n in rows}
 
 
+def daily_build_pruned(city: Path) -> bool:
+    """Whether the run's daily dbt build (its newest target folder) read only the keys dated in its window
+    (the staging models' semi-join on window_keys, compiled into the union model), not bronze whole."""
+    target = max((city / ".citylake" / "dbt" / "target").glob("dbt_daily-*"), key=lambda p: p.stat().st_mtime)
+    union = next((target / "compiled").rglob("int_road_collisions__unioned.sql")).read_text()
+    return "semi join window_keys" in union
+
+
 def brookfield(root: Path) -> Path:
     """The quick start's city written under root; returns its folder."""
     files, _, _ = quick_start()
@@ -112,6 +120,8 @@ def test_a_partitioned_city_rebuilds_only_the_days_its_new_loads_touched(tmp_pat
     first = citylake("run", config=config)
     # the quick start's crashes are of 2025: all in the first partition (the history)
     assert f"Daily partitions {start}: " in first.stdout, first.stdout
+    # a build of everything (no complete run before) reads bronze whole: the window's keys are every key
+    assert not daily_build_pruned(city)
     before = deaths(city / "lake" / "catalog.duckdb")
 
     day = today - dt.timedelta(days=5)
@@ -122,6 +132,7 @@ def test_a_partitioned_city_rebuilds_only_the_days_its_new_loads_touched(tmp_pat
     # the new row's day, a day of margin each side: not through today, since the last run was today too
     margin = dt.timedelta(days=1)
     assert f"Daily partitions {day - margin}..{day + margin}: " in second.stdout, second.stdout
+    assert daily_build_pruned(city)
     assert REFERENCE in first.stderr and REFERENCE not in second.stderr
     # the window reaches dbt in its environment, so dbt keeps its parsed project (a changed --vars would
     # make it parse everything again); the run's dbt log is the newest
@@ -133,3 +144,8 @@ def test_a_partitioned_city_rebuilds_only_the_days_its_new_loads_touched(tmp_pat
     # the history (2025, in the first partition) was not rebuilt and is intact
     assert {k: v for k, v in after.items() if k[1] < "2026"} == {k: v for k, v in before.items() if k[1] < "2026"}
     assert NOTHING_NEW in citylake("run", config=config).stdout
+    # days from partitions.start through today hold every record: read whole too, and the same indicators
+    again = citylake("run", "--from", str(start), config=config)
+    assert f"Daily partitions {start}..{today}: " in again.stdout, again.stdout
+    assert not daily_build_pruned(city)
+    assert deaths(city / "lake" / "catalog.duckdb") == after

@@ -77,11 +77,19 @@
 {%- endmacro %}
 
 {% macro citylake_is_window() -%}
-    {#- Whether this build replaces only some days (a window narrower than every day from
-        partitions.start on): the staging models then read only the keys with a version dated in
-        it (orchestration/dbt_build.py, render_window_versions). -#}
+    {#- Whether this build replaces only some days, leaving out some a record may be dated in: the
+        staging models then read only the keys with a version dated in the window
+        (orchestration/dbt_build.py, render_window_versions), else bronze whole. Every record's day lies
+        from partitions.start through today (citylake_partition_date), so a window covering those
+        reads everything; so does one `citylake run` says holds all the data there is (CITYLAKE_READ_ALL,
+        its build of everything: finding the keys dated in the window would find every key). Reading
+        more than the window needs never changes the rows: the union filters them on partition_date. -#}
+    {%- if execute and env_var("CITYLAKE_READ_ALL", "false") == "true" -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set today = modules.datetime.datetime.now(modules.pytz.timezone(var("city_timezone"))).date() -%}
     {{ return(
         (citylake_window_bound("min_date") | string) > (var("partitions_start") | string)
-        or (citylake_window_bound("max_date") | string) < "9999-12-31"
+        or (citylake_window_bound("max_date") | string) < today.isoformat()
     ) }}
 {%- endmacro %}

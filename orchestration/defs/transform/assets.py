@@ -105,7 +105,8 @@ PARTITIONS = daily_partitions(city())
 def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """Rebuild the days of the run's partition window (one dbt build for a whole range); every day
     for a city without partitions."""
-    days = window_vars(context) if PARTITIONS else {"min_date": EARLIEST.isoformat(), "max_date": "9999-12-31"}
+    every = {"min_date": EARLIEST.isoformat(), "max_date": "9999-12-31", "read_all": "true"}
+    days = window_vars(context) if PARTITIONS else every
     window = f"{days['min_date']}..{days['max_date']}"
     # the window goes in dbt's environment, not its --vars (see citylake_window_bound)
     bronze_views(city())  # the daily models read bronze through the warehouse's views of the Delta tables
@@ -121,8 +122,8 @@ def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
 
 @contextlib.contextmanager
 def window_environment(days: Mapping[str, str]) -> Iterator[None]:
-    """CITYLAKE_MIN_DATE / CITYLAKE_MAX_DATE set while the dbt process is started (it copies the
-    environment), then put back."""
+    """CITYLAKE_MIN_DATE / CITYLAKE_MAX_DATE / CITYLAKE_READ_ALL set while the dbt process is started (it
+    copies the environment), then put back."""
     names = {f"CITYLAKE_{k.upper()}": v for k, v in days.items()}
     before = {n: os.environ.get(n) for n in names}
     os.environ.update(names)
