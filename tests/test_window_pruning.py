@@ -134,6 +134,20 @@ def _dbt(project: Path, *args: str) -> None:
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
 
 
+def _unique_tests(project: Path, days: tuple[dt.date, dt.date] | None) -> subprocess.CompletedProcess:
+    """The facts' uniqueness tests, as dbt runs them in a build of `days` (None: every day)."""
+    window = ["--vars", json.dumps({"min_date": str(days[0]), "max_date": str(days[1])})] if days else []
+    return subprocess.run(
+        [str(DBT), "test", "--select", "test_name:dbt_utils_free_unique_combination,tag:daily", *window]
+        + ["--project-dir", str(project), "--profiles-dir", str(project)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DBT_NO_VERSION_CHECK": "true"},
+        check=False,
+        timeout=900,
+    )
+
+
 def _daily_models(project: Path) -> list[str]:
     manifest = json.loads((project / "target" / "manifest.json").read_text())
     return sorted(
@@ -216,6 +230,33 @@ def test_a_window_build_reads_its_keys_only_and_equals_a_full_build(seed, tmp_pa
         assert not bad, f"seed {seed}, window {lo}..{hi} (city in {config.parent}): {bad}"
     compiled = project / "target" / "compiled"
     assert any("window_keys" in p.read_text() for p in compiled.rglob("*__unioned.sql"))
+
+    # a build of some days checks the uniqueness of the keys it holds only, each against the whole table
+    days = (start + dt.timedelta(days=1), today)
+    facts = [m for m in models if '"fct_' in m]
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        fact = next(
+            m
+            for m in facts
+            if con.execute(f"select count(*) from {m} where partition_date = date '{start}'").fetchone()[0]
+            and con.execute(f"select count(*) from {m} where partition_date > date '{start}'").fetchone()[0]
+        )
+    assert _unique_tests(project, days).returncode == 0
+    assert any("exists" in p.read_text() for p in compiled.rglob("dbt_utils_free_unique_combinat*.sql"))
+    for day, in_days in ((f"> date '{start}'", True), (f"= date '{start}'", False)):
+        with duckdb.connect(str(warehouse)) as con:  # a second copy of one row of the fact
+            con.execute(f"insert into {fact} select * from {fact} where partition_date {day} limit 1")
+        found = _unique_tests(project, days)
+        # a copy inside the days fails their build; one outside is left to the build of its own day
+        assert (found.returncode != 0) is in_days, found.stdout[-3000:]
+        if in_days:
+            assert f"dbt_utils_free_unique_combination_{fact.split('.')[-1].strip(chr(34))}" in found.stdout
+        assert _unique_tests(project, None).returncode != 0  # every day: always found
+        with duckdb.connect(str(warehouse)) as con:  # (the copy taken out again)
+            con.execute(f"create or replace table scratch as select distinct * from {fact}")
+            con.execute(f"delete from {fact}")
+            con.execute(f"insert into {fact} select * from scratch")
+            con.execute("drop table scratch")
 
 
 def test_a_deduplicate_rule_not_matching_on_the_time_reads_its_sources_whole():
