@@ -1,4 +1,6 @@
-"""What `citylake run` learns from its first Dagster run (the loads and their gates) decides what its second
+"""What `citylake run` concludes from its runs.
+
+1. What it learns from its first Dagster run (the loads and their gates) decides what its second
 run may build: an asset whose gate failed, and one whose gate raised, are kept out of it with everything
 downstream. A gate that raises records no evaluation, only the check step's failure; before, it was
 missed, and the second run built the models from loads nobody had vouched for.
@@ -6,14 +8,23 @@ missed, and the second run built the models from loads nobody had vouched for.
 Real Dagster runs on an ephemeral instance, of a tiny job shaped like citylake's (a load, its blocking
 gate, a model downstream); `_report` and the selection `everything()` computes from it are the code under
 test.
+
+2. The summary's `Indicators: n new, n changed, n removed` (status.indicator_changes) counts a value as
+changed only when it moved by more than one part in 10^9: a rebuild of unchanged data adds the same
+floating-point values in another order, and reported ~670 changed rows at scale 10 before.
 """
 
 from __future__ import annotations
 
+import types
+from pathlib import Path
+
 import dagster as dg
+import duckdb
 import pytest
 
 from orchestration.cli import _report
+from orchestration.status import indicator_changes, indicators_snapshot
 
 
 def _definitions(gate_does: str) -> dg.Definitions:
@@ -74,3 +85,36 @@ def test_a_gate_that_fails_or_raises_keeps_its_load_and_downstream_out_of_the_ne
     if gate_does == "raise":
         assert "FAILED bronze__roads__crashes_gx_suite: RuntimeError: the suite could not be read" in out.err
     assert ("FAILED" in out.out) is not ok
+
+
+def test_indicator_changes_ignore_the_last_digits_of_a_rebuild(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.duckdb"
+    cfg = types.SimpleNamespace(catalog_path=catalog)
+    key = "indicator_id varchar, area_id varchar, period_grain varchar, period_start date, value double"
+    before = [
+        ("a", "CITY", "year", "2025-01-01", 0.1 + 0.2),  # summed in another order: 0.6 - 0.3
+        ("a", "D1", "year", "2025-01-01", 1e6),  # moves by 1 part in 10^12: the same
+        ("a", "D2", "year", "2025-01-01", 10.0),  # moves by 1 part in 10^6: changed
+        ("b", "CITY", "year", "2025-01-01", None),  # gets a value: changed
+        ("b", "D1", "year", "2025-01-01", 5.0),  # loses it: changed
+        ("b", "D2", "year", "2025-01-01", 0.0),  # stays 0: the same
+        ("c", "CITY", "year", "2025-01-01", 1.0),  # removed
+    ]
+    after = [
+        ("a", "CITY", "year", "2025-01-01", 0.6 - 0.3),
+        ("a", "D1", "year", "2025-01-01", 1e6 * (1 + 1e-12)),
+        ("a", "D2", "year", "2025-01-01", 10.00001),
+        ("b", "CITY", "year", "2025-01-01", 2.0),
+        ("b", "D1", "year", "2025-01-01", None),
+        ("b", "D2", "year", "2025-01-01", 0.0),
+        ("d", "CITY", "year", "2025-01-01", 3.0),  # new
+    ]
+    assert 0.1 + 0.2 != 0.6 - 0.3  # the exact comparison would call it changed
+    with duckdb.connect(str(catalog)) as con:
+        con.execute(f"create table indicators ({key})")
+        con.executemany("insert into indicators values (?, ?, ?, ?, ?)", before)
+    snapshot = indicators_snapshot(cfg, tmp_path)
+    with duckdb.connect(str(catalog)) as con:
+        con.execute("delete from indicators")
+        con.executemany("insert into indicators values (?, ?, ?, ?, ?)", after)
+    assert indicator_changes(cfg, snapshot) == [("a", 0, 1, 0), ("b", 0, 2, 0), ("c", 0, 0, 1), ("d", 1, 0, 0)]

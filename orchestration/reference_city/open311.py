@@ -8,6 +8,7 @@ citylake command finding the port taken can tell its own city's running simulato
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 from collections.abc import Iterator
@@ -77,13 +78,14 @@ def _page(store: _Store, query: dict[str, list[str]]) -> list[dict]:
     page = _int_param(query, "page", 1, 1)
     size = _int_param(query, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     rows = store.rows()
+    first = 0
     if "updated_after" in query:
         try:
             after = _instant(query["updated_after"][-1])
         except ValueError:
             raise _BadRequest("updated_after must be ISO 8601") from None
-        rows = [kr for kr in rows if kr[0] > after]
-    return [r for _, r in rows[(page - 1) * size : page * size]]
+        first = bisect.bisect_right(rows, after, key=lambda kr: kr[0])  # the rows are sorted by instant
+    return [r for _, r in rows[first + (page - 1) * size : first + page * size]]
 
 
 def _handler(store: _Store) -> type[BaseHTTPRequestHandler]:
