@@ -31,13 +31,6 @@ versions as (
         on source.{{ citylake_quote("Date") }} is not distinct from window_keys.{{ citylake_quote("Date") }}
 
 ),
-{%- else %}
-versions as (
-
-    select * from source
-
-),
-{%- endif %}
 
 latest as (
 
@@ -52,6 +45,34 @@ latest as (
     where _citylake_version = 1
 
 ),
+{%- else %}
+repeated as (
+
+    -- the keys delivered more than once
+    select {{ citylake_quote("Date") }} from {{ bronze }}
+    group by {{ citylake_quote("Date") }}
+    having count(*) > 1
+
+),
+
+latest as (
+
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
+    -- copies loaded at one instant (two files of one run): the one from the later file path
+    select *, 1 as _citylake_version from {{ bronze }} as versions
+    where not exists (select 1 from repeated where repeated.{{ citylake_quote("Date") }} is not distinct from versions.{{ citylake_quote("Date") }})
+    union all
+    select * from (
+        select *, row_number() over (
+            partition by {{ citylake_quote("Date") }} order by _ingested_at desc, _source_file desc nulls last
+        ) as _citylake_version
+        from {{ bronze }} as versions
+        where exists (select 1 from repeated where repeated.{{ citylake_quote("Date") }} is not distinct from versions.{{ citylake_quote("Date") }})
+    ) as numbered
+    where _citylake_version = 1
+
+),
+{%- endif %}
 
 mapped as (
 
@@ -104,12 +125,12 @@ final as (
         district_lon,
         coalesce(
             case when service_date__raw is null or trim(service_date__raw) = '' then 'missing service_date' end,
-            case when service_date__raw is not null and trim(service_date__raw) <> '' and try_cast(service_date__raw as {{ citylake_type('date') }}) is null then 'service_date: cannot read ' || chr(39) || service_date__raw || chr(39) || ' as date' end,
+            case when service_date__raw is not null and trim(service_date__raw) <> '' and service_date is null then 'service_date: cannot read ' || chr(39) || service_date__raw || chr(39) || ' as date' end,
             case when boardings__raw is null or trim(boardings__raw) = '' then 'missing boardings' end,
-            case when boardings__raw is not null and trim(boardings__raw) <> '' and try_cast(boardings__raw as {{ citylake_type('bigint') }}) is null then 'boardings: cannot read ' || chr(39) || boardings__raw || chr(39) || ' as bigint' end,
+            case when boardings__raw is not null and trim(boardings__raw) <> '' and boardings is null then 'boardings: cannot read ' || chr(39) || boardings__raw || chr(39) || ' as bigint' end,
             case when boardings < 0 then 'boardings out of range [0, inf]: ' || boardings end,
-            case when mode__raw is not null and trim(mode__raw) <> '' and try_cast(mode__raw as {{ citylake_type('varchar') }}) is null then 'mode: cannot read ' || chr(39) || mode__raw || chr(39) || ' as varchar' end,
-            case when stop_id__raw is not null and trim(stop_id__raw) <> '' and try_cast(stop_id__raw as {{ citylake_type('varchar') }}) is null then 'stop_id: cannot read ' || chr(39) || stop_id__raw || chr(39) || ' as varchar' end
+            case when mode__raw is not null and trim(mode__raw) <> '' and mode is null then 'mode: cannot read ' || chr(39) || mode__raw || chr(39) || ' as varchar' end,
+            case when stop_id__raw is not null and trim(stop_id__raw) <> '' and stop_id is null then 'stop_id: cannot read ' || chr(39) || stop_id__raw || chr(39) || ' as varchar' end
         ) as reject_reason
     from typed
 

@@ -31,13 +31,6 @@ versions as (
         on source.{{ citylake_quote("Unique Key") }} is not distinct from window_keys.{{ citylake_quote("Unique Key") }}
 
 ),
-{%- else %}
-versions as (
-
-    select * from source
-
-),
-{%- endif %}
 
 latest as (
 
@@ -52,6 +45,34 @@ latest as (
     where _citylake_version = 1
 
 ),
+{%- else %}
+repeated as (
+
+    -- the keys delivered more than once
+    select {{ citylake_quote("Unique Key") }} from {{ bronze }}
+    group by {{ citylake_quote("Unique Key") }}
+    having count(*) > 1
+
+),
+
+latest as (
+
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
+    -- copies loaded at one instant (two files of one run): the one from the later file path
+    select *, 1 as _citylake_version from {{ bronze }} as versions
+    where not exists (select 1 from repeated where repeated.{{ citylake_quote("Unique Key") }} is not distinct from versions.{{ citylake_quote("Unique Key") }})
+    union all
+    select * from (
+        select *, row_number() over (
+            partition by {{ citylake_quote("Unique Key") }} order by _ingested_at desc, _source_file desc nulls last
+        ) as _citylake_version
+        from {{ bronze }} as versions
+        where exists (select 1 from repeated where repeated.{{ citylake_quote("Unique Key") }} is not distinct from versions.{{ citylake_quote("Unique Key") }})
+    ) as numbered
+    where _citylake_version = 1
+
+),
+{%- endif %}
 
 mapped as (
 
@@ -113,18 +134,18 @@ final as (
         district_lon,
         coalesce(
             case when service_request_id__raw is null or trim(service_request_id__raw) = '' then 'missing service_request_id' end,
-            case when service_request_id__raw is not null and trim(service_request_id__raw) <> '' and try_cast(service_request_id__raw as {{ citylake_type('varchar') }}) is null then 'service_request_id: cannot read ' || chr(39) || service_request_id__raw || chr(39) || ' as varchar' end,
+            case when service_request_id__raw is not null and trim(service_request_id__raw) <> '' and service_request_id is null then 'service_request_id: cannot read ' || chr(39) || service_request_id__raw || chr(39) || ' as varchar' end,
             case when requested_at__raw is null or trim(requested_at__raw) = '' then 'missing requested_at' end,
-            case when requested_at__raw is not null and trim(requested_at__raw) <> '' and {{ citylake_to_utc('requested_at__raw', 'America/New_York') }} is null then 'requested_at: cannot read ' || chr(39) || requested_at__raw || chr(39) || ' as timestamptz' end,
-            case when closed_at__raw is not null and trim(closed_at__raw) <> '' and {{ citylake_to_utc('closed_at__raw', 'America/New_York') }} is null then 'closed_at: cannot read ' || chr(39) || closed_at__raw || chr(39) || ' as timestamptz' end,
-            case when status__raw is not null and trim(status__raw) <> '' and try_cast(status__raw as {{ citylake_type('varchar') }}) is null then 'status: cannot read ' || chr(39) || status__raw || chr(39) || ' as varchar' end,
-            case when service_code__raw is not null and trim(service_code__raw) <> '' and try_cast(service_code__raw as {{ citylake_type('varchar') }}) is null then 'service_code: cannot read ' || chr(39) || service_code__raw || chr(39) || ' as varchar' end,
-            case when service_name__raw is not null and trim(service_name__raw) <> '' and try_cast(service_name__raw as {{ citylake_type('varchar') }}) is null then 'service_name: cannot read ' || chr(39) || service_name__raw || chr(39) || ' as varchar' end,
-            case when agency_responsible__raw is not null and trim(agency_responsible__raw) <> '' and try_cast(agency_responsible__raw as {{ citylake_type('varchar') }}) is null then 'agency_responsible: cannot read ' || chr(39) || agency_responsible__raw || chr(39) || ' as varchar' end,
-            case when latitude__raw is not null and trim(latitude__raw) <> '' and try_cast(latitude__raw as {{ citylake_type('double') }}) is null then 'latitude: cannot read ' || chr(39) || latitude__raw || chr(39) || ' as double' end,
+            case when requested_at__raw is not null and trim(requested_at__raw) <> '' and requested_at is null then 'requested_at: cannot read ' || chr(39) || requested_at__raw || chr(39) || ' as timestamptz' end,
+            case when closed_at__raw is not null and trim(closed_at__raw) <> '' and closed_at is null then 'closed_at: cannot read ' || chr(39) || closed_at__raw || chr(39) || ' as timestamptz' end,
+            case when status__raw is not null and trim(status__raw) <> '' and status is null then 'status: cannot read ' || chr(39) || status__raw || chr(39) || ' as varchar' end,
+            case when service_code__raw is not null and trim(service_code__raw) <> '' and service_code is null then 'service_code: cannot read ' || chr(39) || service_code__raw || chr(39) || ' as varchar' end,
+            case when service_name__raw is not null and trim(service_name__raw) <> '' and service_name is null then 'service_name: cannot read ' || chr(39) || service_name__raw || chr(39) || ' as varchar' end,
+            case when agency_responsible__raw is not null and trim(agency_responsible__raw) <> '' and agency_responsible is null then 'agency_responsible: cannot read ' || chr(39) || agency_responsible__raw || chr(39) || ' as varchar' end,
+            case when latitude__raw is not null and trim(latitude__raw) <> '' and latitude is null then 'latitude: cannot read ' || chr(39) || latitude__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('latitude') }} then 'latitude is not a finite number' end,
             case when latitude < -90 or latitude > 90 then 'latitude out of range [-90, 90]: ' || latitude end,
-            case when longitude__raw is not null and trim(longitude__raw) <> '' and try_cast(longitude__raw as {{ citylake_type('double') }}) is null then 'longitude: cannot read ' || chr(39) || longitude__raw || chr(39) || ' as double' end,
+            case when longitude__raw is not null and trim(longitude__raw) <> '' and longitude is null then 'longitude: cannot read ' || chr(39) || longitude__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('longitude') }} then 'longitude is not a finite number' end,
             case when longitude < -180 or longitude > 180 then 'longitude out of range [-180, 180]: ' || longitude end
         ) as reject_reason

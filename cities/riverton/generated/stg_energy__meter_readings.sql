@@ -32,13 +32,6 @@ versions as (
         and source.{{ citylake_quote("month") }} is not distinct from window_keys.{{ citylake_quote("month") }}
 
 ),
-{%- else %}
-versions as (
-
-    select * from source
-
-),
-{%- endif %}
 
 latest as (
 
@@ -53,6 +46,34 @@ latest as (
     where _citylake_version = 1
 
 ),
+{%- else %}
+repeated as (
+
+    -- the keys delivered more than once
+    select {{ citylake_quote("meter_id") }}, {{ citylake_quote("month") }} from {{ bronze }}
+    group by {{ citylake_quote("meter_id") }}, {{ citylake_quote("month") }}
+    having count(*) > 1
+
+),
+
+latest as (
+
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
+    -- copies loaded at one instant (two files of one run): the one from the later file path
+    select *, 1 as _citylake_version from {{ bronze }} as versions
+    where not exists (select 1 from repeated where repeated.{{ citylake_quote("meter_id") }} is not distinct from versions.{{ citylake_quote("meter_id") }} and repeated.{{ citylake_quote("month") }} is not distinct from versions.{{ citylake_quote("month") }})
+    union all
+    select * from (
+        select *, row_number() over (
+            partition by {{ citylake_quote("meter_id") }}, {{ citylake_quote("month") }} order by _ingested_at desc, _source_file desc nulls last
+        ) as _citylake_version
+        from {{ bronze }} as versions
+        where exists (select 1 from repeated where repeated.{{ citylake_quote("meter_id") }} is not distinct from versions.{{ citylake_quote("meter_id") }} and repeated.{{ citylake_quote("month") }} is not distinct from versions.{{ citylake_quote("month") }})
+    ) as numbered
+    where _citylake_version = 1
+
+),
+{%- endif %}
 
 mapped as (
 
@@ -99,14 +120,14 @@ final as (
         district_lon,
         coalesce(
             case when meter_id__raw is null or trim(meter_id__raw) = '' then 'missing meter_id' end,
-            case when meter_id__raw is not null and trim(meter_id__raw) <> '' and try_cast(meter_id__raw as {{ citylake_type('varchar') }}) is null then 'meter_id: cannot read ' || chr(39) || meter_id__raw || chr(39) || ' as varchar' end,
+            case when meter_id__raw is not null and trim(meter_id__raw) <> '' and meter_id is null then 'meter_id: cannot read ' || chr(39) || meter_id__raw || chr(39) || ' as varchar' end,
             case when period_start__raw is null or trim(period_start__raw) = '' then 'missing period_start' end,
-            case when period_start__raw is not null and trim(period_start__raw) <> '' and try_cast(period_start__raw as {{ citylake_type('date') }}) is null then 'period_start: cannot read ' || chr(39) || period_start__raw || chr(39) || ' as date' end,
+            case when period_start__raw is not null and trim(period_start__raw) <> '' and period_start is null then 'period_start: cannot read ' || chr(39) || period_start__raw || chr(39) || ' as date' end,
             case when kwh__raw is null or trim(kwh__raw) = '' then 'missing kwh' end,
-            case when kwh__raw is not null and trim(kwh__raw) <> '' and try_cast(kwh__raw as {{ citylake_type('double') }}) is null then 'kwh: cannot read ' || chr(39) || kwh__raw || chr(39) || ' as double' end,
+            case when kwh__raw is not null and trim(kwh__raw) <> '' and kwh is null then 'kwh: cannot read ' || chr(39) || kwh__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('kwh') }} then 'kwh is not a finite number' end,
             case when kwh < 0 then 'kwh out of range [0, inf]: ' || kwh end,
-            case when sector__raw is not null and trim(sector__raw) <> '' and try_cast(sector__raw as {{ citylake_type('varchar') }}) is null then 'sector: cannot read ' || chr(39) || sector__raw || chr(39) || ' as varchar' end
+            case when sector__raw is not null and trim(sector__raw) <> '' and sector is null then 'sector: cannot read ' || chr(39) || sector__raw || chr(39) || ' as varchar' end
         ) as reject_reason
     from typed
 

@@ -32,13 +32,6 @@ versions as (
         and source.{{ citylake_quote("ts") }} is not distinct from window_keys.{{ citylake_quote("ts") }}
 
 ),
-{%- else %}
-versions as (
-
-    select * from source
-
-),
-{%- endif %}
 
 latest as (
 
@@ -53,6 +46,34 @@ latest as (
     where _citylake_version = 1
 
 ),
+{%- else %}
+repeated as (
+
+    -- the keys delivered more than once
+    select {{ citylake_quote("sensor") }}, {{ citylake_quote("ts") }} from {{ bronze }}
+    group by {{ citylake_quote("sensor") }}, {{ citylake_quote("ts") }}
+    having count(*) > 1
+
+),
+
+latest as (
+
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
+    -- copies loaded at one instant (two files of one run): the one from the later file path
+    select *, 1 as _citylake_version from {{ bronze }} as versions
+    where not exists (select 1 from repeated where repeated.{{ citylake_quote("sensor") }} is not distinct from versions.{{ citylake_quote("sensor") }} and repeated.{{ citylake_quote("ts") }} is not distinct from versions.{{ citylake_quote("ts") }})
+    union all
+    select * from (
+        select *, row_number() over (
+            partition by {{ citylake_quote("sensor") }}, {{ citylake_quote("ts") }} order by _ingested_at desc, _source_file desc nulls last
+        ) as _citylake_version
+        from {{ bronze }} as versions
+        where exists (select 1 from repeated where repeated.{{ citylake_quote("sensor") }} is not distinct from versions.{{ citylake_quote("sensor") }} and repeated.{{ citylake_quote("ts") }} is not distinct from versions.{{ citylake_quote("ts") }})
+    ) as numbered
+    where _citylake_version = 1
+
+),
+{%- endif %}
 
 mapped as (
 
@@ -113,25 +134,25 @@ final as (
         district_lon,
         coalesce(
             case when station_id__raw is null or trim(station_id__raw) = '' then 'missing station_id' end,
-            case when station_id__raw is not null and trim(station_id__raw) <> '' and try_cast(station_id__raw as {{ citylake_type('varchar') }}) is null then 'station_id: cannot read ' || chr(39) || station_id__raw || chr(39) || ' as varchar' end,
+            case when station_id__raw is not null and trim(station_id__raw) <> '' and station_id is null then 'station_id: cannot read ' || chr(39) || station_id__raw || chr(39) || ' as varchar' end,
             case when observed_at__raw is null or trim(observed_at__raw) = '' then 'missing observed_at' end,
-            case when observed_at__raw is not null and trim(observed_at__raw) <> '' and {{ citylake_to_utc('observed_at__raw', 'America/Chicago') }} is null then 'observed_at: cannot read ' || chr(39) || observed_at__raw || chr(39) || ' as timestamptz' end,
-            case when pm25__raw is not null and trim(pm25__raw) <> '' and try_cast(pm25__raw as {{ citylake_type('double') }}) is null then 'pm25: cannot read ' || chr(39) || pm25__raw || chr(39) || ' as double' end,
+            case when observed_at__raw is not null and trim(observed_at__raw) <> '' and observed_at is null then 'observed_at: cannot read ' || chr(39) || observed_at__raw || chr(39) || ' as timestamptz' end,
+            case when pm25__raw is not null and trim(pm25__raw) <> '' and pm25 is null then 'pm25: cannot read ' || chr(39) || pm25__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('pm25') }} then 'pm25 is not a finite number' end,
             case when pm25 < 0 or pm25 > 1000 then 'pm25 out of range [0, 1000]: ' || pm25 end,
-            case when pm10__raw is not null and trim(pm10__raw) <> '' and try_cast(pm10__raw as {{ citylake_type('double') }}) is null then 'pm10: cannot read ' || chr(39) || pm10__raw || chr(39) || ' as double' end,
+            case when pm10__raw is not null and trim(pm10__raw) <> '' and pm10 is null then 'pm10: cannot read ' || chr(39) || pm10__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('pm10') }} then 'pm10 is not a finite number' end,
             case when pm10 < 0 or pm10 > 2000 then 'pm10 out of range [0, 2000]: ' || pm10 end,
-            case when no2__raw is not null and trim(no2__raw) <> '' and try_cast(no2__raw as {{ citylake_type('double') }}) is null then 'no2: cannot read ' || chr(39) || no2__raw || chr(39) || ' as double' end,
+            case when no2__raw is not null and trim(no2__raw) <> '' and no2 is null then 'no2: cannot read ' || chr(39) || no2__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('no2') }} then 'no2 is not a finite number' end,
             case when no2 < 0 or no2 > 2000 then 'no2 out of range [0, 2000]: ' || no2 end,
-            case when o3__raw is not null and trim(o3__raw) <> '' and try_cast(o3__raw as {{ citylake_type('double') }}) is null then 'o3: cannot read ' || chr(39) || o3__raw || chr(39) || ' as double' end,
+            case when o3__raw is not null and trim(o3__raw) <> '' and o3 is null then 'o3: cannot read ' || chr(39) || o3__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('o3') }} then 'o3 is not a finite number' end,
             case when o3 < 0 or o3 > 2000 then 'o3 out of range [0, 2000]: ' || o3 end,
-            case when latitude__raw is not null and trim(latitude__raw) <> '' and try_cast(latitude__raw as {{ citylake_type('double') }}) is null then 'latitude: cannot read ' || chr(39) || latitude__raw || chr(39) || ' as double' end,
+            case when latitude__raw is not null and trim(latitude__raw) <> '' and latitude is null then 'latitude: cannot read ' || chr(39) || latitude__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('latitude') }} then 'latitude is not a finite number' end,
             case when latitude < -90 or latitude > 90 then 'latitude out of range [-90, 90]: ' || latitude end,
-            case when longitude__raw is not null and trim(longitude__raw) <> '' and try_cast(longitude__raw as {{ citylake_type('double') }}) is null then 'longitude: cannot read ' || chr(39) || longitude__raw || chr(39) || ' as double' end,
+            case when longitude__raw is not null and trim(longitude__raw) <> '' and longitude is null then 'longitude: cannot read ' || chr(39) || longitude__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('longitude') }} then 'longitude is not a finite number' end,
             case when longitude < -180 or longitude > 180 then 'longitude out of range [-180, 180]: ' || longitude end
         ) as reject_reason

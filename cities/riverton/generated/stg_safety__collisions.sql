@@ -31,13 +31,6 @@ versions as (
         on source.{{ citylake_quote("collision_id") }} is not distinct from window_keys.{{ citylake_quote("collision_id") }}
 
 ),
-{%- else %}
-versions as (
-
-    select * from source
-
-),
-{%- endif %}
 
 latest as (
 
@@ -52,6 +45,34 @@ latest as (
     where _citylake_version = 1
 
 ),
+{%- else %}
+repeated as (
+
+    -- the keys delivered more than once
+    select {{ citylake_quote("collision_id") }} from {{ bronze }}
+    group by {{ citylake_quote("collision_id") }}
+    having count(*) > 1
+
+),
+
+latest as (
+
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
+    -- copies loaded at one instant (two files of one run): the one from the later file path
+    select *, 1 as _citylake_version from {{ bronze }} as versions
+    where not exists (select 1 from repeated where repeated.{{ citylake_quote("collision_id") }} is not distinct from versions.{{ citylake_quote("collision_id") }})
+    union all
+    select * from (
+        select *, row_number() over (
+            partition by {{ citylake_quote("collision_id") }} order by _ingested_at desc, _source_file desc nulls last
+        ) as _citylake_version
+        from {{ bronze }} as versions
+        where exists (select 1 from repeated where repeated.{{ citylake_quote("collision_id") }} is not distinct from versions.{{ citylake_quote("collision_id") }})
+    ) as numbered
+    where _citylake_version = 1
+
+),
+{%- endif %}
 
 mapped as (
 
@@ -104,17 +125,17 @@ final as (
         district_lon,
         coalesce(
             case when collision_id__raw is null or trim(collision_id__raw) = '' then 'missing collision_id' end,
-            case when collision_id__raw is not null and trim(collision_id__raw) <> '' and try_cast(collision_id__raw as {{ citylake_type('varchar') }}) is null then 'collision_id: cannot read ' || chr(39) || collision_id__raw || chr(39) || ' as varchar' end,
+            case when collision_id__raw is not null and trim(collision_id__raw) <> '' and collision_id is null then 'collision_id: cannot read ' || chr(39) || collision_id__raw || chr(39) || ' as varchar' end,
             case when accident_at__raw is null or trim(accident_at__raw) = '' then 'missing accident_at' end,
-            case when accident_at__raw is not null and trim(accident_at__raw) <> '' and {{ citylake_to_utc('accident_at__raw', 'America/Chicago') }} is null then 'accident_at: cannot read ' || chr(39) || accident_at__raw || chr(39) || ' as timestamptz' end,
-            case when dead_within_30_days__raw is not null and trim(dead_within_30_days__raw) <> '' and try_cast(dead_within_30_days__raw as {{ citylake_type('integer') }}) is null then 'dead_within_30_days: cannot read ' || chr(39) || dead_within_30_days__raw || chr(39) || ' as integer' end,
+            case when accident_at__raw is not null and trim(accident_at__raw) <> '' and accident_at is null then 'accident_at: cannot read ' || chr(39) || accident_at__raw || chr(39) || ' as timestamptz' end,
+            case when dead_within_30_days__raw is not null and trim(dead_within_30_days__raw) <> '' and dead_within_30_days is null then 'dead_within_30_days: cannot read ' || chr(39) || dead_within_30_days__raw || chr(39) || ' as integer' end,
             case when dead_within_30_days < 0 or dead_within_30_days > 1000 then 'dead_within_30_days out of range [0, 1000]: ' || dead_within_30_days end,
-            case when injured__raw is not null and trim(injured__raw) <> '' and try_cast(injured__raw as {{ citylake_type('integer') }}) is null then 'injured: cannot read ' || chr(39) || injured__raw || chr(39) || ' as integer' end,
+            case when injured__raw is not null and trim(injured__raw) <> '' and injured is null then 'injured: cannot read ' || chr(39) || injured__raw || chr(39) || ' as integer' end,
             case when injured < 0 or injured > 10000 then 'injured out of range [0, 10000]: ' || injured end,
-            case when latitude__raw is not null and trim(latitude__raw) <> '' and try_cast(latitude__raw as {{ citylake_type('double') }}) is null then 'latitude: cannot read ' || chr(39) || latitude__raw || chr(39) || ' as double' end,
+            case when latitude__raw is not null and trim(latitude__raw) <> '' and latitude is null then 'latitude: cannot read ' || chr(39) || latitude__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('latitude') }} then 'latitude is not a finite number' end,
             case when latitude < -90 or latitude > 90 then 'latitude out of range [-90, 90]: ' || latitude end,
-            case when longitude__raw is not null and trim(longitude__raw) <> '' and try_cast(longitude__raw as {{ citylake_type('double') }}) is null then 'longitude: cannot read ' || chr(39) || longitude__raw || chr(39) || ' as double' end,
+            case when longitude__raw is not null and trim(longitude__raw) <> '' and longitude is null then 'longitude: cannot read ' || chr(39) || longitude__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('longitude') }} then 'longitude is not a finite number' end,
             case when longitude < -180 or longitude > 180 then 'longitude out of range [-180, 180]: ' || longitude end
         ) as reject_reason

@@ -32,13 +32,6 @@ versions as (
         and source.{{ citylake_quote("service_date") }} is not distinct from window_keys.{{ citylake_quote("service_date") }}
 
 ),
-{%- else %}
-versions as (
-
-    select * from source
-
-),
-{%- endif %}
 
 latest as (
 
@@ -53,6 +46,34 @@ latest as (
     where _citylake_version = 1
 
 ),
+{%- else %}
+repeated as (
+
+    -- the keys delivered more than once
+    select {{ citylake_quote("stop_id") }}, {{ citylake_quote("service_date") }} from {{ bronze }}
+    group by {{ citylake_quote("stop_id") }}, {{ citylake_quote("service_date") }}
+    having count(*) > 1
+
+),
+
+latest as (
+
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
+    -- copies loaded at one instant (two files of one run): the one from the later file path
+    select *, 1 as _citylake_version from {{ bronze }} as versions
+    where not exists (select 1 from repeated where repeated.{{ citylake_quote("stop_id") }} is not distinct from versions.{{ citylake_quote("stop_id") }} and repeated.{{ citylake_quote("service_date") }} is not distinct from versions.{{ citylake_quote("service_date") }})
+    union all
+    select * from (
+        select *, row_number() over (
+            partition by {{ citylake_quote("stop_id") }}, {{ citylake_quote("service_date") }} order by _ingested_at desc, _source_file desc nulls last
+        ) as _citylake_version
+        from {{ bronze }} as versions
+        where exists (select 1 from repeated where repeated.{{ citylake_quote("stop_id") }} is not distinct from versions.{{ citylake_quote("stop_id") }} and repeated.{{ citylake_quote("service_date") }} is not distinct from versions.{{ citylake_quote("service_date") }})
+    ) as numbered
+    where _citylake_version = 1
+
+),
+{%- endif %}
 
 mapped as (
 
@@ -108,17 +129,17 @@ final as (
         district_lon,
         coalesce(
             case when service_date__raw is null or trim(service_date__raw) = '' then 'missing service_date' end,
-            case when service_date__raw is not null and trim(service_date__raw) <> '' and try_cast(service_date__raw as {{ citylake_type('date') }}) is null then 'service_date: cannot read ' || chr(39) || service_date__raw || chr(39) || ' as date' end,
+            case when service_date__raw is not null and trim(service_date__raw) <> '' and service_date is null then 'service_date: cannot read ' || chr(39) || service_date__raw || chr(39) || ' as date' end,
             case when boardings__raw is null or trim(boardings__raw) = '' then 'missing boardings' end,
-            case when boardings__raw is not null and trim(boardings__raw) <> '' and try_cast(boardings__raw as {{ citylake_type('bigint') }}) is null then 'boardings: cannot read ' || chr(39) || boardings__raw || chr(39) || ' as bigint' end,
+            case when boardings__raw is not null and trim(boardings__raw) <> '' and boardings is null then 'boardings: cannot read ' || chr(39) || boardings__raw || chr(39) || ' as bigint' end,
             case when boardings < 0 then 'boardings out of range [0, inf]: ' || boardings end,
-            case when mode__raw is not null and trim(mode__raw) <> '' and try_cast(mode__raw as {{ citylake_type('varchar') }}) is null then 'mode: cannot read ' || chr(39) || mode__raw || chr(39) || ' as varchar' end,
-            case when route_id__raw is not null and trim(route_id__raw) <> '' and try_cast(route_id__raw as {{ citylake_type('varchar') }}) is null then 'route_id: cannot read ' || chr(39) || route_id__raw || chr(39) || ' as varchar' end,
-            case when stop_id__raw is not null and trim(stop_id__raw) <> '' and try_cast(stop_id__raw as {{ citylake_type('varchar') }}) is null then 'stop_id: cannot read ' || chr(39) || stop_id__raw || chr(39) || ' as varchar' end,
-            case when latitude__raw is not null and trim(latitude__raw) <> '' and try_cast(latitude__raw as {{ citylake_type('double') }}) is null then 'latitude: cannot read ' || chr(39) || latitude__raw || chr(39) || ' as double' end,
+            case when mode__raw is not null and trim(mode__raw) <> '' and mode is null then 'mode: cannot read ' || chr(39) || mode__raw || chr(39) || ' as varchar' end,
+            case when route_id__raw is not null and trim(route_id__raw) <> '' and route_id is null then 'route_id: cannot read ' || chr(39) || route_id__raw || chr(39) || ' as varchar' end,
+            case when stop_id__raw is not null and trim(stop_id__raw) <> '' and stop_id is null then 'stop_id: cannot read ' || chr(39) || stop_id__raw || chr(39) || ' as varchar' end,
+            case when latitude__raw is not null and trim(latitude__raw) <> '' and latitude is null then 'latitude: cannot read ' || chr(39) || latitude__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('latitude') }} then 'latitude is not a finite number' end,
             case when latitude < -90 or latitude > 90 then 'latitude out of range [-90, 90]: ' || latitude end,
-            case when longitude__raw is not null and trim(longitude__raw) <> '' and try_cast(longitude__raw as {{ citylake_type('double') }}) is null then 'longitude: cannot read ' || chr(39) || longitude__raw || chr(39) || ' as double' end,
+            case when longitude__raw is not null and trim(longitude__raw) <> '' and longitude is null then 'longitude: cannot read ' || chr(39) || longitude__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('longitude') }} then 'longitude is not a finite number' end,
             case when longitude < -180 or longitude > 180 then 'longitude out of range [-180, 180]: ' || longitude end
         ) as reject_reason

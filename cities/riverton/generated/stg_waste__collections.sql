@@ -33,13 +33,6 @@ versions as (
         and source.{{ citylake_quote("week_start") }} is not distinct from window_keys.{{ citylake_quote("week_start") }}
 
 ),
-{%- else %}
-versions as (
-
-    select * from source
-
-),
-{%- endif %}
 
 latest as (
 
@@ -54,6 +47,34 @@ latest as (
     where _citylake_version = 1
 
 ),
+{%- else %}
+repeated as (
+
+    -- the keys delivered more than once
+    select {{ citylake_quote("route_id") }}, {{ citylake_quote("stream") }}, {{ citylake_quote("week_start") }} from {{ bronze }}
+    group by {{ citylake_quote("route_id") }}, {{ citylake_quote("stream") }}, {{ citylake_quote("week_start") }}
+    having count(*) > 1
+
+),
+
+latest as (
+
+    -- a key delivered again (a corrected file, an updated row) supersedes its earlier version; two
+    -- copies loaded at one instant (two files of one run): the one from the later file path
+    select *, 1 as _citylake_version from {{ bronze }} as versions
+    where not exists (select 1 from repeated where repeated.{{ citylake_quote("route_id") }} is not distinct from versions.{{ citylake_quote("route_id") }} and repeated.{{ citylake_quote("stream") }} is not distinct from versions.{{ citylake_quote("stream") }} and repeated.{{ citylake_quote("week_start") }} is not distinct from versions.{{ citylake_quote("week_start") }})
+    union all
+    select * from (
+        select *, row_number() over (
+            partition by {{ citylake_quote("route_id") }}, {{ citylake_quote("stream") }}, {{ citylake_quote("week_start") }} order by _ingested_at desc, _source_file desc nulls last
+        ) as _citylake_version
+        from {{ bronze }} as versions
+        where exists (select 1 from repeated where repeated.{{ citylake_quote("route_id") }} is not distinct from versions.{{ citylake_quote("route_id") }} and repeated.{{ citylake_quote("stream") }} is not distinct from versions.{{ citylake_quote("stream") }} and repeated.{{ citylake_quote("week_start") }} is not distinct from versions.{{ citylake_quote("week_start") }})
+    ) as numbered
+    where _citylake_version = 1
+
+),
+{%- endif %}
 
 mapped as (
 
@@ -100,14 +121,14 @@ final as (
         district_lon,
         coalesce(
             case when collected_on__raw is null or trim(collected_on__raw) = '' then 'missing collected_on' end,
-            case when collected_on__raw is not null and trim(collected_on__raw) <> '' and try_cast(collected_on__raw as {{ citylake_type('date') }}) is null then 'collected_on: cannot read ' || chr(39) || collected_on__raw || chr(39) || ' as date' end,
+            case when collected_on__raw is not null and trim(collected_on__raw) <> '' and collected_on is null then 'collected_on: cannot read ' || chr(39) || collected_on__raw || chr(39) || ' as date' end,
             case when stream__raw is null or trim(stream__raw) = '' then 'missing stream' end,
-            case when stream__raw is not null and trim(stream__raw) <> '' and try_cast(stream__raw as {{ citylake_type('varchar') }}) is null then 'stream: cannot read ' || chr(39) || stream__raw || chr(39) || ' as varchar' end,
+            case when stream__raw is not null and trim(stream__raw) <> '' and stream is null then 'stream: cannot read ' || chr(39) || stream__raw || chr(39) || ' as varchar' end,
             case when tonnes__raw is null or trim(tonnes__raw) = '' then 'missing tonnes' end,
-            case when tonnes__raw is not null and trim(tonnes__raw) <> '' and try_cast(tonnes__raw as {{ citylake_type('double') }}) is null then 'tonnes: cannot read ' || chr(39) || tonnes__raw || chr(39) || ' as double' end,
+            case when tonnes__raw is not null and trim(tonnes__raw) <> '' and tonnes is null then 'tonnes: cannot read ' || chr(39) || tonnes__raw || chr(39) || ' as double' end,
             case when {{ citylake_not_finite('tonnes') }} then 'tonnes is not a finite number' end,
             case when tonnes < 0 then 'tonnes out of range [0, inf]: ' || tonnes end,
-            case when route_id__raw is not null and trim(route_id__raw) <> '' and try_cast(route_id__raw as {{ citylake_type('varchar') }}) is null then 'route_id: cannot read ' || chr(39) || route_id__raw || chr(39) || ' as varchar' end
+            case when route_id__raw is not null and trim(route_id__raw) <> '' and route_id is null then 'route_id: cannot read ' || chr(39) || route_id__raw || chr(39) || ' as varchar' end
         ) as reject_reason
     from typed
 
