@@ -16,6 +16,7 @@ is now the city's calendar day). Seeds 29 and 31 run in CI as their regressions.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import random
@@ -88,3 +89,32 @@ def test_a_random_city_publishes_the_indicators_counted_independently(seed, tmp_
         f"seed {seed} (rebuild with tests.random_city.make_city({seed}, folder); city in {config.parent}): "
         f"{len(lines)} indicator rows differ from the independent count:\n{shown}"
     )
+    assert _dim_date_years(config) == _fact_years(config)
+
+
+def _dim_date_years(config: Path) -> tuple[dt.date, dt.date]:
+    from orchestration.config import load_config
+
+    with duckdb.connect(str(load_config(config).state_dir / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute("select min(date_day), max(date_day) from dim_date").fetchone()
+
+
+def _fact_years(config: Path) -> tuple[dt.date, dt.date]:
+    """The whole years of every fact's city-local dates, each row's instant converted on its own (dim_date
+    converts only the rows near the extremes)."""
+    from orchestration.config import load_config
+
+    city = load_config(config)
+    local = [
+        f"select cast({c} at time zone '{city.timezone}' as date) as d from {t}"
+        for t, c in [
+            ("fct_air_quality_observations", "observed_at"),
+            ("fct_service_requests", "requested_at"),
+            ("fct_road_collisions", "accident_at"),
+        ]
+    ]
+    local += ["select service_date from fct_transit_ridership", "select period_start from fct_energy_consumption"]
+    local += ["select collected_on from fct_waste_collection"]
+    with duckdb.connect(str(city.state_dir / "warehouse.duckdb"), read_only=True) as con:
+        lo, hi = con.execute(f"select min(d), max(d) from ({' union all '.join(local)})").fetchone()
+    return dt.date(lo.year, 1, 1), dt.date(hi.year, 12, 31)

@@ -43,6 +43,16 @@
     cast(from_utc_timestamp({{ ts }}, '{{ var("city_timezone") }}') as date)
 {%- endmacro %}
 
+{% macro citylake_local_date_extremes(relation, ts) -%}
+    {#- A query of city-local dates of `ts` in `relation` holding its least and greatest (for their
+        bounds, not every row's: a conversion per row of a long history cost seconds). A local date
+        follows its instant, except that a clock set back may move it back by a day, so the rows within a
+        day of the least and greatest instants decide. -#}
+    select {{ citylake_local_date(ts) }} as d from {{ relation }}
+    where {{ ts }} < (select min({{ ts }}) from {{ relation }}) + interval 1 day
+        or {{ ts }} > (select max({{ ts }}) from {{ relation }}) - interval 1 day
+{%- endmacro %}
+
 {% macro citylake_grains() -%}
     (select 'month' as period_grain union all select 'year')
 {%- endmacro %}

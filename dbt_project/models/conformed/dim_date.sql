@@ -1,11 +1,11 @@
 -- Calendar days (city local dates) covering every whole year any fact touches.
 with dates as (
 
-    select {{ citylake_local_date('observed_at') }} as d from {{ ref('fct_air_quality_observations') }}
+    {{ citylake_local_date_extremes(ref('fct_air_quality_observations'), 'observed_at') }}
     union all
-    select {{ citylake_local_date('requested_at') }} from {{ ref('fct_service_requests') }}
+    {{ citylake_local_date_extremes(ref('fct_service_requests'), 'requested_at') }}
     union all
-    select {{ citylake_local_date('accident_at') }} from {{ ref('fct_road_collisions') }}
+    {{ citylake_local_date_extremes(ref('fct_road_collisions'), 'accident_at') }}
     union all
     select service_date from {{ ref('fct_transit_ridership') }}
     union all
