@@ -944,6 +944,38 @@ def parse_if_changed(project: Path) -> None:
     stamp.write_text(fp)
 
 
+#: dbt artifact folders kept per dbt step: dagster-dbt gives every invocation its own target folder
+#: (`target/<step>-<run id>-<random>`: compiled SQL, run_results.json; ~5 MB for the reference city), and
+#: nothing removed them: a city built hourly piled up ~100 GB a year. The newest KEPT_TARGETS of each step
+#: stay for whoever looks into a recent run; older ones are deleted when the step runs again
+#: (docs/operations.md, "dbt in a run").
+KEPT_TARGETS = 5
+#: a folder younger than this is never deleted (another process's dbt may be writing it)
+TARGET_MIN_AGE_S = 3600.0
+
+
+def prune_targets(
+    target: Path, step: str | None = None, keep: int = KEPT_TARGETS, min_age_s: float = TARGET_MIN_AGE_S
+) -> list[Path]:
+    """Delete the dbt invocation folders in `target` beyond the newest `keep` of each step (the name before
+    `-<run id>-<random>`; only `step`'s when given) and older than `min_age_s`; returns what was deleted.
+    The project's own files there (manifest.json, partial_parse.msgpack) are not folders of that shape."""
+    import time
+
+    steps: dict[str, list[tuple[float, Path]]] = {}
+    for folder in target.glob("*-*-*") if target.is_dir() else ():
+        name, run, rand = folder.name.rsplit("-", 2)
+        if folder.is_dir() and len(run) == 7 and len(rand) == 7 and step in (None, name):
+            steps.setdefault(name, []).append((folder.stat().st_mtime, folder))
+    now, gone = time.time(), []
+    for folders in steps.values():
+        for mtime, folder in sorted(folders, reverse=True)[keep:]:
+            if now - mtime >= min_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                gone.append(folder)
+    return gone
+
+
 def dbt_env() -> None:
     """No network at run time: dbt's anonymous usage stats off."""
     os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
 
+from orchestration.dbt_build import KEPT_TARGETS
 from tests.conftest import citylake
 from tests.test_quickstart import quick_start
 
@@ -144,8 +147,18 @@ def test_a_partitioned_city_rebuilds_only_the_days_its_new_loads_touched(tmp_pat
     # the history (2025, in the first partition) was not rebuilt and is intact
     assert {k: v for k, v in after.items() if k[1] < "2026"} == {k: v for k, v in before.items() if k[1] < "2026"}
     assert NOTHING_NEW in citylake("run", config=config).stdout
+    # dbt's artifact folders of old runs (here: made to look two days old) are pruned when a dbt step runs
+    target = city / ".citylake" / "dbt" / "target"
+    real = sorted(target.glob("dbt_daily-*"))
+    old = [target / f"dbt_daily-{i:07d}-abcdef{i}" for i in range(7)]
+    for i, folder in enumerate(old):
+        (folder / "compiled").mkdir(parents=True)
+        os.utime(folder, (time.time() - 2 * 86400 - i, time.time() - 2 * 86400 - i))
     # days from partitions.start through today hold every record: read whole too, and the same indicators
     again = citylake("run", "--from", str(start), config=config)
+    kept = sorted(target.glob("dbt_daily-*"))
+    assert len(kept) == KEPT_TARGETS and set(real) < set(kept), kept
+    assert set(kept) - set(real) - set(old) and set(old) - set(kept) == set(old[KEPT_TARGETS - len(real) - 1 :])
     assert f"Daily partitions {start}..{today}: " in again.stdout, again.stdout
     assert not daily_build_pruned(city)
     assert deaths(city / "lake" / "catalog.duckdb") == after

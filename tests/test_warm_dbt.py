@@ -214,3 +214,34 @@ def test_the_dbt_childrens_cpu_time_is_counted_in_the_process_that_started_the_s
         child = con.execute("select cpu_s from spin").fetchone()[0]  # the dbt child's CPU when its model ended
     counted = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     assert child >= 3 and counted >= server_self + child - 0.05, (counted, server_self, child)
+
+
+def test_old_dbt_artifact_folders_are_pruned_per_step(tmp_path: Path) -> None:
+    """dagster-dbt makes a target folder per dbt invocation; prune_targets keeps each step's newest, and
+    never one younger than its minimum age (another process's dbt may be writing it)."""
+    from orchestration.dbt_build import prune_targets
+
+    now = time.time()
+    steps = ("dbt_daily", "dbt_from_facts")
+    for step in steps:
+        for i in range(6):
+            folder = tmp_path / f"{step}-{i:07d}-{i:06d}x"
+            (folder / "compiled").mkdir(parents=True)
+            age = 7200 + 60 * i if i else 10  # the newest is seconds old, the others hours
+            os.utime(folder, (now - age, now - age))
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "a-b-c").mkdir()  # not an invocation folder's name: kept
+
+    def names(paths) -> list[str]:
+        return sorted(p.name for p in paths)
+
+    # one step's only
+    assert names(prune_targets(tmp_path, "dbt_daily", keep=5, min_age_s=3600)) == ["dbt_daily-0000005-000005x"]
+    assert (tmp_path / "dbt_from_facts-0000005-000005x").exists()
+    gone = prune_targets(tmp_path, keep=2, min_age_s=3600)
+    assert names(gone) == sorted(f"{s}-{i:07d}-{i:06d}x" for s in steps for i in range(2, 6 if s != "dbt_daily" else 5))
+    assert not any(p.exists() for p in gone)
+    assert (tmp_path / "manifest.json").exists() and (tmp_path / "a-b-c").exists()
+    # keeping none: the hours-old folders go, the seconds-old one stays
+    assert names(prune_targets(tmp_path, keep=0, min_age_s=3600)) == [f"{s}-0000001-000001x" for s in steps]
+    assert names(tmp_path.glob("dbt_*")) == [f"{s}-0000000-000000x" for s in steps]

@@ -17,6 +17,7 @@ import functools
 import importlib.metadata
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -25,7 +26,7 @@ from packaging import version
 
 from orchestration import warm_dbt
 from orchestration.city import city, dbt_project_dir, domain_owners
-from orchestration.dbt_build import bronze_views, dbt_env
+from orchestration.dbt_build import KEPT_TARGETS, bronze_views, dbt_env, prune_targets
 from orchestration.entities import domain_of
 from orchestration.partitions import EARLIEST, daily_partitions, window_vars
 from orchestration.progress import counted_models
@@ -159,8 +160,14 @@ class CityDbtResource(DbtCliResource):
 
     def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
         """dagster-dbt's `cli`, with the run's warm dbt server started first (orchestration/warm_dbt.py): the
-        `citylake run` block's, else one for this process (a run launched by the UI or daemon, a worker)."""
+        `citylake run` block's, else one for this process (a run launched by the UI or daemon, a worker);
+        and the step's old dbt artifact folders pruned (dbt_build.prune_targets)."""
         warm_dbt.start(anywhere=True)
+        context = kwargs.get("context")
+        if context is not None:  # (DBT_TARGET_PATH: where dagster-dbt puts its invocation folders, named
+            # after the step; one fewer is kept, for the folder this invocation adds)
+            target = Path(self.project_dir) / os.getenv("DBT_TARGET_PATH", "target")
+            prune_targets(target, context.op_execution_context.op.name, keep=KEPT_TARGETS - 1)
         return super().cli(args, **kwargs)
 
 
