@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -960,8 +961,6 @@ def prune_targets(
     """Delete the dbt invocation folders in `target` beyond the newest `keep` of each step (the name before
     `-<run id>-<random>`; only `step`'s when given) and older than `min_age_s`; returns what was deleted.
     The project's own files there (manifest.json, partial_parse.msgpack) are not folders of that shape."""
-    import time
-
     steps: dict[str, list[tuple[float, Path]]] = {}
     for folder in target.glob("*-*-*") if target.is_dir() else ():
         name, run, rand = folder.name.rsplit("-", 2)

@@ -121,9 +121,9 @@ def _harden(seed: int, config: Path) -> tuple[dict, dict[str, str], list[str]]:
     return cfg, folders, moved
 
 
-def _dbt(project: Path, *args: str) -> None:
+def _dbt_process(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DBT_NO_VERSION_CHECK": "true"}
-    res = subprocess.run(
+    return subprocess.run(
         [str(DBT), *args, "--project-dir", str(project), "--profiles-dir", str(project)],
         capture_output=True,
         text=True,
@@ -131,21 +131,17 @@ def _dbt(project: Path, *args: str) -> None:
         check=False,
         timeout=900,
     )
+
+
+def _dbt(project: Path, *args: str) -> None:
+    res = _dbt_process(project, *args)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
 
 
 def _unique_tests(project: Path, days: tuple[dt.date, dt.date] | None) -> subprocess.CompletedProcess:
     """The facts' uniqueness tests, as dbt runs them in a build of `days` (None: every day)."""
     window = ["--vars", json.dumps({"min_date": str(days[0]), "max_date": str(days[1])})] if days else []
-    return subprocess.run(
-        [str(DBT), "test", "--select", "test_name:dbt_utils_free_unique_combination,tag:daily", *window]
-        + ["--project-dir", str(project), "--profiles-dir", str(project)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DBT_NO_VERSION_CHECK": "true"},
-        check=False,
-        timeout=900,
-    )
+    return _dbt_process(project, "test", "--select", "test_name:dbt_utils_free_unique_combination,tag:daily", *window)
 
 
 def _daily_models(project: Path) -> list[str]:
