@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -70,6 +75,48 @@ def test_the_simulator_says_which_city_it_serves(tmp_path: Path) -> None:
     with foreign_server(port):
         found, why = probe_open311(port)
     assert found is None and HEALTH_PATH in why
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # (a zombie has ended)
+
+
+def test_the_simulator_is_a_process_of_its_own_that_ends_with_its_parent(tmp_path: Path) -> None:
+    """It parses on another core than the run's (an agency system is not part of citylake's process);
+    it ends with its block, and with the process that started it when that one is killed outright."""
+    data = tmp_path / "requests.json"
+    data.write_text("[]")
+    with running_open311(data, port=0) as server:
+        assert server.pid != os.getpid() and _alive(server.pid)
+        assert probe_open311(server.port)[0] is not None
+    assert not _alive(server.pid)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from orchestration.reference_city import running_open311\n"
+            "with running_open311(sys.argv[1], port=0) as s:\n"
+            "    print(s.pid, s.port, flush=True)\n"
+            "    time.sleep(120)\n",
+            str(data),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid, port = map(int, parent.stdout.readline().split())
+    assert probe_open311(port)[0] is not None
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the simulator outlived its killed parent"
+    assert probe_open311(port, timeout=1)[0] is None
 
 
 def test_a_foreign_program_on_the_port_is_a_clear_error_only_for_commands_that_need_the_simulator(city) -> None:
