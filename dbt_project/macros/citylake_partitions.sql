@@ -98,3 +98,29 @@
         or (citylake_window_bound("max_date") | string) < today.isoformat()
     ) }}
 {%- endmacro %}
+
+{#- Daily summaries of a fact (tag `daily`, e.g. int_air_quality__station_days): a row per group and
+    day holding `counted`, the number of fact rows it sums. Outside its window a build of the fact only
+    deletes rows (citylake_drop_moved_records), so a summary day whose count differs from the fact's
+    is stale; the window's days are rebuilt as the fact's are. -#}
+
+{% macro citylake_summary_days_to_build(fact, counted) -%}
+    {#- the days whose fact rows the summary does not hold exactly: a count that differs, or a day one
+        of them lacks -#}
+    select coalesce(f.partition_date, s.partition_date)
+    from (select partition_date, count(*) as n from {{ ref(fact) }} group by partition_date) as f
+    full outer join (select partition_date, sum({{ counted }}) as n from {{ this }} group by partition_date) as s
+        on f.partition_date = s.partition_date
+    where f.n is distinct from s.n
+{%- endmacro %}
+
+{% macro citylake_delete_summary_days(fact, counted) -%}
+    {#- pre-hook of a summary: drop its window's days and its stale ones (rows before partitions
+        existed carry no partition_date); the model then builds every day it lacks -#}
+    {%- if is_incremental() -%}
+        delete from {{ this }}
+        where partition_date is null
+            or {{ citylake_window() }}
+            or partition_date in ({{ citylake_summary_days_to_build(fact, counted) }})
+    {%- endif -%}
+{%- endmacro %}

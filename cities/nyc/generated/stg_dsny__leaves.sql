@@ -8,6 +8,20 @@ with source as (
 ),
 
 {% if citylake_is_window() %}
+dated as (
+
+    -- a version's day depends only on its time text and its arrival: each distinct pair is dated once,
+    -- not each row (a reading per station and hour shares its pair with every other station's)
+    select * from (
+        select distinct
+            _ingested_at,
+            cast({% if target.type == 'sail' %}REPLACE(MONTH, ' / ', '-') || '-01'{% else %}replace(MONTH, ' / ', '-') || '-01'{% endif %} as {{ citylake_type('varchar') }}) as _time__raw
+        from {{ bronze }}
+    )
+    where {{ citylake_window(citylake_partition_date('try_cast(_time__raw as DATE)', '_ingested_at')) }}
+
+),
+
 window_keys as (
 
     -- a build of some days reads the keys with a version dated in them (citylake_partitions.sql)
@@ -18,8 +32,10 @@ window_keys as (
             _ingested_at,
             cast({% if target.type == 'sail' %}REPLACE(MONTH, ' / ', '-') || '-01'{% else %}replace(MONTH, ' / ', '-') || '-01'{% endif %} as {{ citylake_type('varchar') }}) as _time__raw
         from {{ bronze }}
-    )
-    where {{ citylake_window(citylake_partition_date('try_cast(_time__raw as DATE)', '_ingested_at')) }}
+    ) as stamped
+    semi join dated
+        on stamped._ingested_at is not distinct from dated._ingested_at
+            and stamped._time__raw is not distinct from dated._time__raw
 
 ),
 

@@ -2,15 +2,16 @@
 -- station's daily mean, µg/m³.
 with observations as (
 
+    -- each station's daily means
     select
         station_id,
         district_code,
-        {{ citylake_local_date('observed_at') }} as local_date,
-        avg(pm25) as pm25,
-        avg(pm10) as pm10,
-        avg(no2) as no2,
-        avg(o3) as o3
-    from {{ ref('fct_air_quality_observations') }}
+        local_date,
+        sum(pm25_sum) / nullif(sum(pm25_count), 0) as pm25,
+        sum(pm10_sum) / nullif(sum(pm10_count), 0) as pm10,
+        sum(no2_sum) / nullif(sum(no2_count), 0) as no2,
+        sum(o3_sum) / nullif(sum(o3_count), 0) as o3
+    from {{ ref('int_air_quality__station_days') }}
     group by 1, 2, 3
 
 ),

@@ -1,53 +1,31 @@
 -- Concentrations (8.1, 8.2, 8.4, 8.6): each station's daily means (local date) are averaged over the
 -- period, then the area's stations are averaged with equal weight.
-with observations as (
+with station_days as (
 
+    -- each station's daily mean of each pollutant it measured that day
+    {% for pollutant in ['pm25', 'pm10', 'no2', 'o3'] -%}
     select
-        station_id,
-        district_code,
-        {{ citylake_local_date('observed_at') }} as local_date,
-        pm25,
-        pm10,
-        no2,
-        o3
-    from {{ ref('fct_air_quality_observations') }}
+        station_id, district_code, local_date, '{{ pollutant }}' as pollutant,
+        sum({{ pollutant }}_sum) / sum({{ pollutant }}_count) as daily_mean
+    from {{ ref('int_air_quality__station_days') }}
+    where {{ pollutant }}_count > 0
+    group by station_id, district_code, local_date
+    {% if not loop.last %}union all
+    {% endif -%}
+    {%- endfor %}
 
 ),
 
 span as (
 
-    select min(local_date) as span_start, max(local_date) as span_end from observations
+    select min(local_date) as span_start, max(local_date) as span_end
+    from {{ ref('int_air_quality__station_days') }}
 
 ),
 
 slots as (
 
     {{ citylake_period_slots('span') }}
-
-),
-
-readings as (
-
-    -- one row per pollutant measured (an unpivot that leaves out nulls, in plain SQL)
-    select station_id, district_code, local_date, 'pm25' as pollutant, pm25 as reading
-    from observations where pm25 is not null
-    union all
-    select station_id, district_code, local_date, 'pm10' as pollutant, pm10 as reading
-    from observations where pm10 is not null
-    union all
-    select station_id, district_code, local_date, 'no2' as pollutant, no2 as reading
-    from observations where no2 is not null
-    union all
-    select station_id, district_code, local_date, 'o3' as pollutant, o3 as reading
-    from observations where o3 is not null
-
-),
-
-station_days as (
-
-    select station_id, district_code, local_date, pollutant, avg(reading) as daily_mean
-    from readings
-    group by 1, 2, 3, 4
 
 ),
 
