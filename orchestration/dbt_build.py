@@ -395,11 +395,13 @@ def render_window_versions(source: Source, entity: Entity) -> str:
     keys = [_q(k) for k in source.primary_key]
     time = entity.column(entity.time)
     dated_by = ["_ingested_at"]  # what a version's day is computed from
+    grouped = ["_ingested_at"]  # (the same, as expressions over the bronze columns)
     raw = ""
     event_date = "'cast(null as date)'"  # (a Jinja string: the SQL of the event's city-local date)
     if entity.time in source.columns:
         dated_by.append("_time__raw")
-        raw = f",\n            cast({raw_expression(source.columns[entity.time], _q)} as {_TEXT}) as _time__raw"
+        grouped.append(f"cast({raw_expression(source.columns[entity.time], _q)} as {_TEXT})")
+        raw = f",\n            {grouped[-1]} as _time__raw"
         if time.type == "TIMESTAMPTZ":
             event_date = f"citylake_local_date(citylake_to_utc('_time__raw', '{source.timezone}'))"
         elif time.type == "DATE":
@@ -414,12 +416,16 @@ dated as (
 
     -- a version's day depends only on its time text and its arrival: each distinct pair is dated once,
     -- not each row (a reading per station and hour shares its pair with every other station's)
-    select * from (
-        select distinct
-            _ingested_at{raw}
+    select {", ".join(dated_by)} from (
+        select
+            _ingested_at{raw},
+            count(*) as _versions
         from {{{{ bronze }}}}
+        group by {", ".join(grouped)}
     )
-    where {{{{ citylake_window({day}) }}}}
+    -- (the day is tested through _versions: a test of the grouped columns alone is pushed by DuckDB's
+    -- optimizer below the grouping, where it dates every row again, 0.6 s instead of 0.03 s)
+    where case when _versions > 0 then {{{{ citylake_window({day}) }}}} end
 
 ),
 

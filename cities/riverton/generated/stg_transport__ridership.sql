@@ -12,13 +12,17 @@ dated as (
 
     -- a version's day depends only on its time text and its arrival: each distinct pair is dated once,
     -- not each row (a reading per station and hour shares its pair with every other station's)
-    select * from (
-        select distinct
+    select _ingested_at, _time__raw from (
+        select
             _ingested_at,
-            cast({{ citylake_quote("service_date") }} as {{ citylake_type('varchar') }}) as _time__raw
+            cast({{ citylake_quote("service_date") }} as {{ citylake_type('varchar') }}) as _time__raw,
+            count(*) as _versions
         from {{ bronze }}
+        group by _ingested_at, cast({{ citylake_quote("service_date") }} as {{ citylake_type('varchar') }})
     )
-    where {{ citylake_window(citylake_partition_date('try_cast(_time__raw as DATE)', '_ingested_at')) }}
+    -- (the day is tested through _versions: a test of the grouped columns alone is pushed by DuckDB's
+    -- optimizer below the grouping, where it dates every row again, 0.6 s instead of 0.03 s)
+    where case when _versions > 0 then {{ citylake_window(citylake_partition_date('try_cast(_time__raw as DATE)', '_ingested_at')) }} end
 
 ),
 
