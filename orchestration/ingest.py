@@ -402,6 +402,22 @@ def _file_pairs(uri: str, options: str | None = None) -> set[tuple[str, str]]:
     columns = [c for c in wanted if c in dataset.schema.names]
     if "_source_file" not in columns or "_source_checksum" not in columns:
         return set()
+    if "://" not in uri:  # on local disk: one DISTINCT by DuckDB's Parquet reader (0.18 s -> 0.06 s for 4M air rows)
+        import duckdb
+
+        where, params = ["_source_file <> ''"], []
+        if "_file_done" in columns:
+            where.append("coalesce(_file_done, false)")
+            if "_read_options" in columns and options is not None:
+                where.append("coalesce(_read_options = ?, true)")
+                params.append(options)
+        with duckdb.connect() as con:
+            rows = con.execute(
+                f"select distinct _source_file, _source_checksum from ({lake.parquet_select(con, dt_)}) "
+                f"where {' and '.join(where)}",
+                params,
+            ).fetchall()
+        return set(rows)
     pairs: set[tuple[str, str]] = set()
     for batch in dataset.to_batches(columns=columns, batch_size=1_000_000):
         table = pa.Table.from_batches([batch])

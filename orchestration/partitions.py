@@ -157,7 +157,7 @@ def removed_days(cfg: CityConfig, versions: Mapping[str, Sequence[int | None]]) 
     from deltalake import DeltaTable
 
     from orchestration.entities import ENTITIES
-    from orchestration.lake import bronze_uri, open_table, storage_options
+    from orchestration.lake import bronze_uri, open_table, parquet_select, storage_options
     from orchestration.quality import quote
 
     first, last = None, None
@@ -174,12 +174,18 @@ def removed_days(cfg: CityConfig, versions: Mapping[str, Sequence[int | None]]) 
                 gone = {f.rsplit("/", 1)[-1] for f in set(old.file_uris()) - set(table.file_uris())}
                 if not gone:
                     continue
-                dataset = old.to_pyarrow_dataset()
-                fragments = [f for f in dataset.get_fragments() if f.path.rsplit("/", 1)[-1] in gone]
-                con.register(
-                    "removed", pads.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
-                )
-                con.register("present", table.to_pyarrow_dataset())
+                if "://" in uri:  # (object storage: read through delta-rs's datasets)
+                    dataset = old.to_pyarrow_dataset()
+                    fragments = [f for f in dataset.get_fragments() if f.path.rsplit("/", 1)[-1] in gone]
+                    con.register(
+                        "removed", pads.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+                    )
+                    con.register("present", table.to_pyarrow_dataset())
+                else:  # on local disk, by DuckDB's own Parquet reader (the anti-join over 4M air keys of a
+                    # replaced file: 0.37 s through the Arrow dataset, 0.06 s so)
+                    removed = [f for f in old.file_uris() if f.rsplit("/", 1)[-1] in gone]
+                    con.execute(f"create or replace temp view removed as {parquet_select(con, old, removed)}")
+                    con.execute(f"create or replace temp view present as {parquet_select(con, table)}")
                 keys = [quote(k) for k in source.primary_key] + ["_ingested_at"]
                 on = " and ".join(f"r.{k} is not distinct from p.{k}" for k in keys)
                 lo, hi, unread = con.execute(
@@ -190,7 +196,8 @@ def removed_days(cfg: CityConfig, versions: Mapping[str, Sequence[int | None]]) 
             except Exception:  # noqa: BLE001 - that version vacuumed or its log cleaned up: every day it covers
                 lo, hi, unread = _source_days(con, cfg, source)
             finally:
-                con.unregister("removed")
-                con.unregister("present")
+                for name in ("removed", "present"):
+                    con.unregister(name)
+                    con.execute(f"drop view if exists {name}")
             first, last = _widen(cfg, first, last, lo, hi, unread)
     return _with_margin(cfg, first, last)

@@ -102,3 +102,43 @@ def test_crash_after_delta_commit_neither_loses_nor_repeats_rows(pg, tmp_path, m
     assert result.rows_read == 11 and result.rows_written == 10
     assert [r["id"] for r in rows] == list(range(30)) and len({r["id"] for r in rows}) == 30
     assert {r["_batch"] for r in rows if r["id"] >= 20} == {"rerun"}
+
+
+@pytest.mark.parametrize("options", [None, "sep=;"])
+def test_loaded_file_pairs_read_by_duckdb_equal_the_arrow_reading(tmp_path, options):
+    """A local table's (file, checksum) pairs are found by one DuckDB DISTINCT over its Parquet files;
+    an object-storage one's by delta-rs's Arrow dataset. Both must give the same pairs, with quarantine's
+    rules: only files finished there (`_file_done`), read with the current options (or before options
+    were kept: files written without the column, or a null). The local table is read as such, and
+    through a file:// uri, which takes the Arrow path."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from orchestration.ingest import _file_pairs
+
+    uri = tmp_path / "quarantine"
+    older = pa.table(
+        {
+            "_source_file": ["a.csv", "a.csv", "b.csv", None, ""],
+            "_source_checksum": ["1", "1", "2", "3", "4"],
+            "_file_done": [True, True, None, True, True],
+        }
+    )
+    write_deltalake(str(uri), older)
+    newer = pa.table(
+        {
+            "_source_file": ["c.csv", "d.csv", "e.csv", "f.csv", "a.csv"],
+            "_source_checksum": ["5", "6", "7", "8", "9"],
+            "_file_done": [True, True, True, False, True],
+            "_read_options": ["sep=;", "sep=,", None, "sep=;", "sep=;"],
+        }
+    )
+    write_deltalake(str(uri), newer, mode="append", schema_mode="merge")
+    local, arrow = _file_pairs(str(uri), options), _file_pairs(f"file://{uri}", options)
+    expected = {("a.csv", "1"), ("c.csv", "5"), ("e.csv", "7"), ("a.csv", "9")} | (
+        {("d.csv", "6")} if options is None else set()
+    )
+    assert local == arrow == expected
+    bronze = tmp_path / "bronze"  # no _file_done: every pair counts
+    write_deltalake(str(bronze), older.drop(["_file_done"]))
+    assert _file_pairs(str(bronze)) == _file_pairs(f"file://{bronze}") == {("a.csv", "1"), ("b.csv", "2")}
