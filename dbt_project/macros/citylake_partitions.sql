@@ -104,7 +104,7 @@
     deletes rows (citylake_drop_moved_records), so a summary day whose count differs from the fact's
     is stale; the window's days are rebuilt as the fact's are. -#}
 
-{% macro citylake_summary_days_to_build(fact, counted) -%}
+{% macro citylake_stale_summary_days(fact, counted) -%}
     {#- the days whose fact rows the summary does not hold exactly: a count that differs, or a day one
         of them lacks -#}
     select coalesce(f.partition_date, s.partition_date)
@@ -121,6 +121,6 @@
         delete from {{ this }}
         where partition_date is null
             or {{ citylake_window() }}
-            or partition_date in ({{ citylake_summary_days_to_build(fact, counted) }})
+            or partition_date in ({{ citylake_stale_summary_days(fact, counted) }})
     {%- endif -%}
 {%- endmacro %}

@@ -11,9 +11,8 @@ with observations as (
 
     select * from {{ ref('fct_air_quality_observations') }}
     {% if is_incremental() -%}
-    where partition_date in (
-        {{ citylake_summary_days_to_build('fct_air_quality_observations', 'readings') }}
-    )
+    -- the days the summary lacks (its pre-hook dropped the window's and the stale ones)
+    where partition_date not in (select distinct partition_date from {{ this }} where partition_date is not null)
     {%- endif %}
 
 ),
