@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 
 from orchestration import lake
 from orchestration.config import CityConfig, Source
-from orchestration.connectors import LOCATION, Landing, Rejected, read_source, scrubbed, secret_values
+from orchestration.connectors import LOCATION, Landing, Rejected, read_ahead, read_source, scrubbed, secret_values
 from orchestration.keys import integer_text_problem, key_text
 from orchestration.privacy import PersonalData
 from orchestration.quality import bronze_suite, split_rows
@@ -771,7 +771,10 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
         memo = ChecksumMemo(checksum_memo_path(cfg, source))
     pending: list[Landing] = []
     budget = source.get("batch_rows")  # mqtt: rows per commit (the model's default when unset)
-    for landing in read_source(source, result.cursor_before, loaded, memo):
+    landings = read_source(source, result.cursor_before, loaded, memo)
+    # a broker's batches are read as they are committed (each moved aside after its commit); every other
+    # source is read on a second thread, ahead of the checks and commits here
+    for landing in landings if source.kind == "mqtt" else read_ahead(landings):
         if source.kind == "files":
             loader.load_file(landing)
         elif source.kind == "mqtt":

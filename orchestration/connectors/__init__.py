@@ -100,6 +100,114 @@ def read_source(
         raise ValueError(f"{source.where}.kind: '{source.kind}' has no connector")
 
 
+def _close(iterator: Iterator) -> None:
+    close = getattr(iterator, "close", None)  # a generator's: its files and connections are let go now
+    if close is not None:
+        close()
+
+
+#: CITYLAKE_READ_AHEAD=0 reads a source on the loading thread itself (see `read_ahead`)
+READ_AHEAD_ENV = "CITYLAKE_READ_AHEAD"
+
+
+def read_ahead(landings: Iterator[Landing], depth: int = 2) -> Iterator[Landing]:
+    """`landings` as they come, read on a thread of their own while the caller checks and commits the
+    ones before: the next file is listed, checksummed and parsed (each piece of a file up to `depth`
+    pieces ahead), the next page or batch fetched, on the other core.
+
+    Nothing else changes: the landings, their pieces and whatever reading them raises (a file refused
+    part way, a file that changed, a source that cannot be listed) reach the caller in the same order,
+    each where reading it raised, so the caller decides and commits exactly as it would reading them
+    itself. The reader stops when the caller stops taking (an error, a failed commit): what it read
+    ahead is dropped, never committed. Memory: at most `depth` pieces (or landings) wait, and one is read.
+    CITYLAKE_READ_AHEAD=0 turns it off."""
+    import os
+    import queue
+    import threading
+
+    if os.environ.get(READ_AHEAD_ENV, "1") == "0":
+        yield from landings
+        return
+    # what the reader hands over, in order; a piece or a landing first takes one of `depth` slots (the
+    # markers around a file's pieces take none, so that the reader parses the next piece while they wait)
+    items: queue.SimpleQueue = queue.SimpleQueue()
+    slots = threading.Semaphore(depth)
+    stop = threading.Event()
+    DATA = ("landing", "piece")
+
+    def put(kind: str, item: Any = None) -> bool:
+        if kind in DATA:
+            while not slots.acquire(timeout=0.05):
+                if stop.is_set():
+                    return False
+        if stop.is_set():
+            return False
+        items.put((kind, item))
+        return True
+
+    def take() -> tuple[str, Any]:
+        kind, item = items.get()
+        if kind in DATA:
+            slots.release()
+        return kind, item
+
+    def reader() -> None:
+        try:
+            for landing in landings:
+                if landing.pieces is None:
+                    if not put("landing", landing):
+                        return
+                    continue
+                pieces, landing.pieces = landing.pieces(), None
+                if not put("file", landing):
+                    return
+                try:
+                    for piece in pieces:
+                        if not put("piece", piece):
+                            return
+                except BaseException as exc:  # noqa: BLE001 - raised where the caller reads this file's pieces
+                    if not put("raised", exc):
+                        return
+                    continue
+                finally:
+                    _close(pieces)
+                if not put("end"):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - raised where the caller asks for the next landing
+            put("failed", exc)
+            return
+        finally:
+            _close(landings)
+        put("done")
+
+    def file_pieces() -> Iterator[tuple[pa.Table, list[Rejected]]]:
+        while True:
+            kind, item = take()
+            if kind == "end":
+                return
+            if kind == "raised":
+                raise item
+            yield item
+
+    thread = threading.Thread(target=reader, name="citylake-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = take()
+            if kind == "done":
+                return
+            if kind == "failed":
+                raise item
+            if kind in ("piece", "end", "raised"):
+                continue  # the rest of a file whose pieces the caller did not take to the end
+            if kind == "file":
+                item.pieces = file_pieces
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: what ends a password inside a URL or a conninfo string: a driver that misparses a password holding one of
 #: these quotes the rest of it (libpq reports host 'ss-x@h' for postgresql://u:p@ss-x@h/db), so those pieces
