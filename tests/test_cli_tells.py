@@ -217,3 +217,27 @@ def test_check_piped_into_head_prints_no_traceback(city_run: CityRun) -> None:
     )
     assert proc.stdout == f"{city_run.config}: valid ({len(SOURCES)} sources, lake {city_run.lake})\n"
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+def test_a_source_whose_secret_is_not_set_fails_at_once_naming_the_variable(tmp_path: Path) -> None:
+    """A ${VAR} not set is a config error: the load fails without Dagster's retries (two, with backoff, for
+    an agency system's transient failures), saying which key and which variable, and the other loads land."""
+    from tests.connectors_support import city_yaml
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.csv").write_text("id,v\n1,2\n")
+    variable = "CITYLAKE_TEST_NEVER_SET_DSN"
+    config = city_yaml(
+        tmp_path / "city",
+        {
+            "police": {"crashes": {"kind": "postgres", "dsn": f"${{{variable}}}", "table": "t", "primary_key": ["id"]}},
+            "parks": {"counts": {"kind": "files", "path": str(drop / "*.csv"), "format": "csv", "primary_key": ["id"]}},
+        },
+    )
+    run = citylake("run", config=config, check=False, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, out
+    assert f"agencies.police.crashes.dsn: environment variable {variable} is not set" in out, out
+    assert "up for retry" not in out, out
+    assert re.search(r"parks/counts\s+1\s+1\s+0\s+1", out), out

@@ -10,7 +10,7 @@ import duckdb
 
 from orchestration import warm_dbt
 from orchestration.city import city
-from orchestration.config import Source
+from orchestration.config import ConfigError, Source
 from orchestration.entities import domain_of
 from orchestration.ingest import ingest
 from orchestration.lake import bronze_uri, open_table
@@ -62,7 +62,12 @@ def bronze_asset(source: Source) -> dg.AssetsDefinition:
         ),
     )
     def _bronze(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        result = ingest(city(), source, context.run_id, log=progress(context.log))
+        try:
+            result = ingest(city(), source, context.run_id, log=progress(context.log))
+        except ConfigError as exc:
+            # city.yaml or the environment is wrong (a ${VAR} not set, ...): no retry can mend it, so the
+            # step fails at once with the error rather than after two retries' backoff
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         if result.versions_committed or result.quarantined:
             # something new: this run's dbt steps will follow; `citylake run`'s warm dbt server imports dbt
             # meanwhile, while the other loads run (orchestration/warm_dbt.py; nothing outside that command)
