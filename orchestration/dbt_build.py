@@ -627,7 +627,9 @@ def native_bronze(cfg: CityConfig) -> bool:
 
 
 #: marks a bronze view as made from one Delta table version (its comment): an unchanged table's view is kept
-BRONZE_VIEW_MARK = "citylake bronze view 1: {uri} @ version {version}"
+#: what a view was made from: the table (its Delta id, new when a table is deleted and loaded again, whose
+#: versions then count from 0 again) and its version
+BRONZE_VIEW_MARK = "citylake bronze view 2: {uri} (table {id}) @ version {version}"
 
 
 def bronze_views(cfg: CityConfig) -> None:
@@ -637,9 +639,9 @@ def bronze_views(cfg: CityConfig) -> None:
     beside it at scale 10, and prunes row groups by their statistics. Every column of the Delta schema
     is there with its Delta type (a column of no file yet is null). Called before every build of the
     daily models (the only ones reading bronze); a table whose Delta version is the one its view was made
-    from keeps its view (no file footers read). A view is the table as of the last refresh (an older Delta
-    version, never a mix), so a `dbt build` run by hand after a load reads the earlier snapshot until
-    citylake's next build."""
+    from keeps its view (no file footers read), unless the table was deleted and loaded again since. A
+    view is the table as of the last refresh (an older Delta version, never a mix), so a `dbt build` run
+    by hand after a load reads the earlier snapshot until citylake's next build."""
     if not native_bronze(cfg):
         return
 
@@ -659,7 +661,7 @@ def bronze_views(cfg: CityConfig) -> None:
             table = lake.open_table(uri)
             if table is None:
                 continue
-            mark = BRONZE_VIEW_MARK.format(uri=uri, version=table.version())
+            mark = BRONZE_VIEW_MARK.format(uri=uri, id=table.metadata().id, version=table.version())
             if made.get((f"bronze_{s.agency}", s.name)) == mark:
                 continue
             schema, name = quote(f"bronze_{s.agency}"), quote(s.name)
