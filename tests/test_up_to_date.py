@@ -162,3 +162,30 @@ def test_a_partitioned_city_rebuilds_only_the_days_its_new_loads_touched(tmp_pat
     assert f"Daily partitions {start}..{today}: " in again.stdout, again.stdout
     assert not daily_build_pruned(city)
     assert deaths(city / "lake" / "catalog.duckdb") == after
+
+
+def test_a_build_of_everything_replaces_the_daily_tables_whole(tmp_path: Path) -> None:
+    """`--rebuild` (like a first run or a changed definition) rebuilds every day the data covers, and
+    replaces each daily table whole (dbt's full refresh): a row of a day the data no longer covers (here
+    planted in the fact, dated after the data, where a delete-and-insert of the data's days never looks)
+    does not stay behind in the fact or in the indicators."""
+    city = brookfield(tmp_path)
+    config = city / "city.yaml"
+    today = dt.datetime.now(ZoneInfo("Europe/Berlin")).date()
+    start = today - dt.timedelta(days=20)
+    config.write_text(config.read_text() + f"partitions:\n  start: {start}\n")
+    citylake("run", config=config)
+    before = deaths(city / "lake" / "catalog.duckdb")
+    stale = today - dt.timedelta(days=3)
+    with duckdb.connect(str(city / ".citylake" / "warehouse.duckdb")) as con:
+        con.execute(
+            "insert into fct_road_collisions by name select * replace ('stale' as record_key, 5 as "
+            "dead_within_30_days, ? as partition_date) from fct_road_collisions limit 1",
+            [stale],
+        )
+    rebuilt = citylake("run", "--rebuild", config=config)
+    assert f"Daily partitions {start}" in rebuilt.stdout and f"..{stale}" not in rebuilt.stdout, rebuilt.stdout
+    with duckdb.connect(str(city / ".citylake" / "warehouse.duckdb"), read_only=True) as con:
+        keys = [r[0] for r in con.execute("select record_key from fct_road_collisions").fetchall()]
+    assert "stale" not in keys and sorted(keys) == ["1001", "1002", "1003", "1004"], keys
+    assert deaths(city / "lake" / "catalog.duckdb") == before

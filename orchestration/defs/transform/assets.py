@@ -105,14 +105,20 @@ PARTITIONS = daily_partitions(city())
 )
 def dbt_daily(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """Rebuild the days of the run's partition window (one dbt build for a whole range); every day
-    for a city without partitions."""
+    for a city without partitions.
+
+    A build of everything (the window is all the data there is: a first run, `--rebuild`, a changed
+    definition, a city without partitions) replaces each daily table whole (`--full-refresh`: the table
+    built aside and swapped in, as a first build does) instead of deleting and inserting every day
+    through a temporary copy, which wrote each row twice (the air tables of the reference city at scale
+    10: 23 s of dbt against 16 s); and a row of a day no longer in the data does not stay behind."""
     every = {"min_date": EARLIEST.isoformat(), "max_date": "9999-12-31", "read_all": "true"}
     days = window_vars(context) if PARTITIONS else every
     window = f"{days['min_date']}..{days['max_date']}"
     # the window goes in dbt's environment, not its --vars (see citylake_window_bound)
     bronze_views(city())  # the daily models read bronze through the warehouse's views of the Delta tables
     with window_environment(days):
-        build = dbt.cli(["build"], context=context)
+        build = dbt.cli(["build", *(["--full-refresh"] if days["read_all"] == "true" else [])], context=context)
     for event in counted_models(context, build.stream()):
         yield (
             event.with_metadata({**event.metadata, "partition_range": window})
