@@ -774,21 +774,25 @@ def _ingest(cfg: CityConfig, source: Source, batch: str, log: Callable[[str], No
     landings = read_source(source, result.cursor_before, loaded, memo)
     # a broker's batches are read as they are committed (each moved aside after its commit); every other
     # source is read on a second thread, ahead of the checks and commits here
-    for landing in landings if source.kind == "mqtt" else read_ahead(landings):
-        if source.kind == "files":
-            loader.load_file(landing)
-        elif source.kind == "mqtt":
-            # many small batch files make one commit, up to batch_rows rows
-            pending.append(landing)
-            if sum(x.rows.num_rows for x in pending) >= budget:
-                loader.load_upsert(pending, drop_identical=True)
-                pending = []
-        elif col and source.kind != "http_json":
-            loader.load_upsert([landing])
-        else:
-            # an API pages in its own order (often newest first): its pages are committed together, so
-            # a load that fails half way commits nothing and cannot move the cursor past unread records
-            pending.append(landing)
+    stream = landings if source.kind == "mqtt" else read_ahead(landings)
+    try:
+        for landing in stream:
+            if source.kind == "files":
+                loader.load_file(landing)
+            elif source.kind == "mqtt":
+                # many small batch files make one commit, up to batch_rows rows
+                pending.append(landing)
+                if sum(x.rows.num_rows for x in pending) >= budget:
+                    loader.load_upsert(pending, drop_identical=True)
+                    pending = []
+            elif col and source.kind != "http_json":
+                loader.load_upsert([landing])
+            else:
+                # an API pages in its own order (often newest first): its pages are committed together, so
+                # a load that fails half way commits nothing and cannot move the cursor past unread records
+                pending.append(landing)
+    finally:
+        stream.close()  # a load that fails stops its reader (and the source's files, connections) now
     loader.flush()
     if pending and source.kind == "mqtt":
         loader.load_upsert(pending, drop_identical=True)

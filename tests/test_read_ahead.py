@@ -162,3 +162,28 @@ def test_a_load_with_read_ahead_writes_what_a_load_without_it_writes(tmp_path, m
     reasons = {reason for _, reason, _ in quarantine}
     assert any("utf-8" in r.lower() for r in reasons), reasons  # the refused files
     assert len(reasons) >= 3, reasons
+
+
+def test_a_load_whose_commit_fails_stops_its_reader_at_once(tmp_path, monkeypatch):
+    """The load's error is raised with the reader already stopped (`_ingest` closes the stream in a
+    `finally`, not leaving it to the garbage collector), and nothing of the drop is in bronze."""
+    from orchestration import ingest as ingest_module
+    from orchestration import lake
+
+    monkeypatch.delenv(READ_AHEAD_ENV, raising=False)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for i in range(12):
+        (drop / f"f{i:02d}.jsonl").write_text("".join(json.dumps({"id": f"{i}-{j}"}) + "\n" for j in range(50)))
+    monkeypatch.setattr(ingest_module, "BRONZE_COMMIT_BYTES", 1)  # a commit after every file
+
+    def refuse(*args, **kwargs):
+        raise OSError("the disk is full")
+
+    monkeypatch.setattr(lake, "overwrite_where", refuse)
+    spec = {"kind": "files", "path": str(drop / "*.jsonl"), "format": "jsonl", "primary_key": ["id"]}
+    cfg, src = one_source(tmp_path / "city", "env", "readings", spec)
+    with pytest.raises(Exception, match="the disk is full"):
+        run(cfg, src)
+    assert not any(t.name == "citylake-read-ahead" for t in threading.enumerate())
+    assert bronze_rows(cfg, src) == []
