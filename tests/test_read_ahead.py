@@ -102,12 +102,25 @@ def test_the_next_piece_is_read_while_the_loader_holds_the_one_before(monkeypatc
 
         yield Landing(rows=pa.table({}), file="a", pieces=pieces)
 
-    landing = next(read_ahead(plan()))
+    landings = read_ahead(plan())  # (held: a stream closed stops its reader)
+    landing = next(landings)
     it = landing.pieces()
     next(it)
     # reading on this thread, the second piece would only start when asked for
     assert second_started.wait(10), "the second piece was not read ahead"
     assert next(it)[0].to_pylist() == [{"v": "2"}]
+    assert next(it, None) is None and next(landings, None) is None
+
+
+def test_pieces_taken_after_the_stream_is_closed_raise_instead_of_waiting(monkeypatch):
+    monkeypatch.delenv(READ_AHEAD_ENV, raising=False)
+    landings = read_ahead(_landings([("file", "a", list(range(20)))]), depth=1)
+    it = next(landings).pieces()
+    next(it)
+    landings.close()
+    with pytest.raises(RuntimeError, match="closed while a file's pieces"):
+        for _ in range(20):  # what the reader put before it stopped, then the stream's end
+            next(it)
 
 
 def test_a_loader_that_stops_stops_the_reader_and_closes_the_source(monkeypatch):

@@ -187,6 +187,8 @@ def read_ahead(landings: Iterator[Landing], depth: int = 2) -> Iterator[Landing]
                 return
             if kind == "raised":
                 raise item
+            if kind == "closed":
+                raise RuntimeError("read_ahead: the stream was closed while a file's pieces were still being taken")
             yield item
 
     thread = threading.Thread(target=reader, name="citylake-read-ahead", daemon=True)
@@ -206,6 +208,7 @@ def read_ahead(landings: Iterator[Landing], depth: int = 2) -> Iterator[Landing]
     finally:
         stop.set()
         thread.join()
+        items.put(("closed", None))  # a file's pieces taken after this raise instead of waiting forever
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
