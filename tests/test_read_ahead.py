@@ -178,8 +178,9 @@ def test_a_load_with_read_ahead_writes_what_a_load_without_it_writes(tmp_path, m
 
 
 def test_a_load_whose_commit_fails_stops_its_reader_at_once(tmp_path, monkeypatch):
-    """The load's error is raised with the reader already stopped (`_ingest` closes the stream in a
-    `finally`, not leaving it to the garbage collector), and nothing of the drop is in bronze."""
+    """The load's error is raised with the reader already stopped and nothing of the drop in bronze.
+    (What stops it here is the stream being closed as the error unwinds; `_ingest` also closes it in a
+    `finally`, for the case where something keeps the frame alive: this test passes without that line.)"""
     from orchestration import ingest as ingest_module
     from orchestration import lake
 
