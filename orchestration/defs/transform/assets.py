@@ -21,16 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets
 from packaging import version
 
 from orchestration import warm_dbt
 from orchestration.city import city, dbt_project_dir, domain_owners
 from orchestration.dbt_build import KEPT_TARGETS, bronze_views, dbt_env, prune_targets
+from orchestration.dbt_selection import import_dagster_dbt
 from orchestration.entities import domain_of
 from orchestration.partitions import EARLIEST, daily_partitions, window_vars
 from orchestration.progress import counted_models
 from orchestration.workers import WAREHOUSE_QUEUE, queue_tags
+
+import_dagster_dbt()  # without dbt-core in this process (orchestration/dbt_selection.py: ~2 s off every start)
+from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets  # noqa: E402
 
 
 class CityTranslator(DagsterDbtTranslator):
