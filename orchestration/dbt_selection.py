@@ -6,9 +6,9 @@ the version constants of `dagster_dbt.compat`, and evaluating each `@dbt_assets`
 own modules otherwise: dbt runs in its own processes (orchestration/warm_dbt.py), dagster-dbt is told
 dbt's version from the installed package and opens no adapter (`CityDbtResource`).
 
-So `import_dagster_dbt()` imports dagster-dbt with `dbt` hidden, which takes dagster-dbt's documented path for
-an environment without dbt-core (its `compat` module defines the same status and node-type names as
-plain string enums), and evaluates each selection with dagster-dbt's own dbt-based function once per
+So `import_dagster_dbt()` imports dagster-dbt with `dbt` hidden, which takes dagster-dbt's own path for an
+environment without dbt-core (dbt Fusion's: its `compat` module then defines the same status and
+node-type names as plain string enums), and evaluates each selection with dagster-dbt's own dbt-based function once per
 manifest, keeping the answer beside the manifest (`target/dagster_selections.json`, keyed by the
 invocation of dbt that wrote the manifest): the next process that loads the same project reads the
 selected node ids from there and never imports dbt. A changed project has a new manifest, so its
