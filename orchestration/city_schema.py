@@ -345,14 +345,19 @@ class Lake(_Model):
 
 
 class PopulationFormat(_Model):
-    """A census table published wide, one column per census year."""
+    """A census table not in the columns code, population, year: published wide (one column per census
+    year), or long (a row per district and year) under its own column names."""
 
-    layout: _choice(("wide",), "a population layout")
-    """Only wide."""
-    code: Expression
-    """The column (or SQL expression) giving the district code."""
-    year_columns: Text
-    """A regex matching the census-year columns; group 1 is the year."""
+    layout: _choice(("wide", "long"), "a population layout")
+    """wide: one column per census year; long: a row per district and census year."""
+    code: Expression | None = None
+    """The column (or SQL expression) giving the district code (required for wide; long: default `code`)."""
+    year_columns: Text | None = None
+    """wide only (required): a regex matching the census-year columns; group 1 is the year."""
+    population: Expression | None = None
+    """long only: the column (or SQL expression) giving the population (default `population`)."""
+    year: Expression | None = None
+    """long only: the column (or SQL expression) giving the census year (default `year`)."""
 
 
 class Districts(_Model):

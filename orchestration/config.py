@@ -25,7 +25,9 @@ Top-level keys (the user-facing contract is in README.md; every key is documente
 - `districts`: `boundaries` (GeoJSON), `code_property` (default `code`), `name_property` (default
   `name`), `population` (CSV with columns code, population, year), `population_format` (optional,
   for a census table published wide, one column per census year: `{layout: wide, code: <column or
-  SQL expression giving the district code>, year_columns: <regex whose group 1 is the year>}`).
+  SQL expression giving the district code>, year_columns: <regex whose group 1 is the year>}`; or
+  long under its own column names: `{layout: long, code: ..., population: ..., year: ...}`, each a
+  column or SQL expression, defaults `code`, `population`, `year`).
 - `reference_data`: optional CSVs that replace the built-in dbt seeds for this city:
   `district_crosswalk` (alias, district_code), `service_categories`
   (service_code, service_name, category, target_days), `waste_streams` (source_label, stream).
@@ -64,7 +66,7 @@ What the file may hold (docs/cities.md, "What city.yaml may contain"): at most M
 MAX_DEPTH levels and MAX_NODES values once anchors/aliases are expanded, no key twice in a mapping;
 agency, source and sink names match NAME_RULE; column names (primary_key, cursor, freshness.column) are
 COLUMN_RULE; `table:` is [schema.]table; `query:` one SELECT (`query_problem` in sql_rules); a
-`columns:`/`district:`/`population_format.code` value one scalar SQL expression over the source's row
+`columns:`/`district:`/`population_format` column value one scalar SQL expression over the source's row
 (`expression_problem` in dbt_build); a files glob has no `..` after its first wildcard. Known keys have
 their types and ranges (the model's); unknown keys are refused.
 """
@@ -680,17 +682,31 @@ def _parse_personal_data(
 
 
 def _parse_population_format(value: Any) -> dict[str, str]:
-    """`districts.population_format`: a wide census table (one column per census year) -> code, population, year."""
+    """`districts.population_format`: a census table published wide (one column per census year) or long
+    under its own column names -> code, population, year."""
     where = "districts.population_format"
     fmt = {
-        _text(k, where, "keys are layout, code and year_columns"): _text(v, f"{where}.{k}", "text", scalars=True)
+        _text(k, where, "keys are layout, code and year_columns (wide) or code, population and year (long)"): _text(
+            v, f"{where}.{k}", "text", scalars=True
+        )
         for k, v in _mapping(value, where).items()
     }
     if not fmt:
         return {}
     example = "e.g. population_format: {layout: wide, code: district_code, year_columns: '^(\\d{4}) Population$'}"
+    long_example = "e.g. population_format: {layout: long, code: ward_no, population: residents, year: census}"
+    if fmt.get("layout") == "long":
+        unknown = sorted(set(fmt) - {"layout", *LONG_POPULATION})
+        if unknown:
+            raise ConfigError(
+                f"{where}.{unknown[0][:80]}: unknown key for layout long; use code, population and year; {long_example}"
+            )
+        for key, column in LONG_POPULATION.items():
+            fmt.setdefault(key, column)
+            _check_expression(fmt[key], f"{where}.{key}")
+        return fmt
     if fmt.get("layout") != "wide":
-        raise ConfigError(f"{where}.layout: only 'wide' is supported (one column per census year); {example}")
+        raise ConfigError(f"{where}.layout: use wide (one column per census year) or long; {example}")
     unknown = sorted(set(fmt) - {"layout", "code", "year_columns"})
     if unknown:
         raise ConfigError(f"{where}.{unknown[0][:80]}: unknown key; use layout, code and year_columns; {example}")
@@ -706,6 +722,10 @@ def _parse_population_format(value: Any) -> dict[str, str]:
     if groups < 1:
         raise ConfigError(f"{where}.year_columns: {pattern[:200]!r} needs a group capturing the year, {example}")
     return fmt
+
+
+#: `population_format: {layout: long}`: its keys and the column each defaults to
+LONG_POPULATION = {"code": "code", "population": "population", "year": "year"}
 
 
 SINK_KINDS = ("postgres",)

@@ -722,9 +722,10 @@ def districts_status(cfg: CityConfig) -> tuple[bool, str]:
 
 
 def population_rows(cfg: CityConfig) -> list[dict]:
-    """districts.population as (code, population, year) rows: as delivered, or unpivoted from a wide
-    census table (`districts.population_format: {layout: wide, code, year_columns}`), so a city can
-    point at its statistics office's file as published instead of keeping a hand-converted copy."""
+    """districts.population as (code, population, year) rows: as delivered, or read from a census table as
+    published: wide, unpivoted (`districts.population_format: {layout: wide, code, year_columns}`), or long
+    under its own column names (`{layout: long, code, population, year}`), so a city can point at its
+    statistics office's file instead of keeping a hand-converted copy."""
     fmt = cfg.population_format
     if not fmt:
         with open(cfg.population, newline="", encoding="utf-8-sig") as f:
@@ -732,7 +733,8 @@ def population_rows(cfg: CityConfig) -> list[dict]:
         if pop and not {"code", "population", "year"} <= set(pop[0]):
             raise ValueError(
                 f"districts.population: {cfg.population} needs columns code, population, year; it has "
-                f"{', '.join(pop[0])} (a table with one column per census year needs districts.population_format)"
+                f"{', '.join(pop[0])} (a table with other column names, or one column per census year, needs "
+                "districts.population_format)"
             )
         return [{k: r[k] for k in ("code", "population", "year")} for r in pop]
     import duckdb
@@ -741,28 +743,31 @@ def population_rows(cfg: CityConfig) -> list[dict]:
     con = duckdb.connect()
     try:
         src = con.read_csv(str(cfg.population), header=True, all_varchar=True)
-        pattern = re.compile(fmt["year_columns"])
-        years = {c: m.group(1) for c in src.columns if (m := pattern.search(c))}
-        if not years:
-            raise ValueError(
-                f"{where}.year_columns: no column of {cfg.population} matches '{fmt['year_columns']}'; "
-                f"its columns are {', '.join(src.columns)}"
-            )
         con.register("population_source", src)
-        # one select per census-year column; thousands separators ("1,234") are common in census tables
         numbered = "(select *, row_number() over () as _citylake_row from population_source)"
-        parts = [
-            f"select _citylake_row as source_row, "
-            f"nullif(trim(cast({raw_expression(fmt['code'])} as varchar)), '') as code, "
-            f"{_sql_str(year)} as year, nullif(trim({_quote(col)}), '') as population_text from {numbered}"
-            for col, year in years.items()
-        ]
-        try:
-            rows = con.sql(" union all ".join(parts) + " order by source_row, year").fetchall()
-        except duckdb.Error as exc:
-            raise ValueError(
-                f"{where}.code: '{fmt['code']}' cannot be evaluated over {cfg.population}: {exc}"
-            ) from None
+        code = f"nullif(trim(cast({raw_expression(fmt['code'])} as varchar)), '') as code"
+        if fmt["layout"] == "long":
+            rows = _long_population(cfg, con, src, numbered)
+        else:
+            pattern = re.compile(fmt["year_columns"])
+            years = {c: m.group(1) for c in src.columns if (m := pattern.search(c))}
+            if not years:
+                raise ValueError(
+                    f"{where}.year_columns: no column of {cfg.population} matches '{fmt['year_columns']}'; "
+                    f"its columns are {', '.join(src.columns)}"
+                )
+            # one select per census-year column; thousands separators ("1,234") are common in census tables
+            parts = [
+                f"select _citylake_row as source_row, {code}, "
+                f"{_sql_str(year)} as year, nullif(trim({_quote(col)}), '') as population_text from {numbered}"
+                for col, year in years.items()
+            ]
+            try:
+                rows = con.sql(" union all ".join(parts) + " order by source_row, year").fetchall()
+            except duckdb.Error as exc:
+                raise ValueError(
+                    f"{where}.code: '{fmt['code']}' cannot be evaluated over {cfg.population}: {exc}"
+                ) from None
     finally:
         con.close()
     out = []
@@ -779,6 +784,33 @@ def population_rows(cfg: CityConfig) -> list[dict]:
             ) from None
         out.append({"code": code, "population": population, "year": year})
     return out
+
+
+def _long_population(cfg: CityConfig, con, src, numbered: str) -> list[tuple]:
+    """(source row, code, year, population text) of a long census table, each of `population_format`'s
+    code, population and year a column or SQL expression over its columns; a year must be four digits."""
+    import duckdb
+
+    fmt, where = cfg.population_format, "districts.population_format"
+    text = {k: f"nullif(trim(cast({raw_expression(fmt[k])} as varchar)), '')" for k in ("code", "population", "year")}
+    for key in text:  # each evaluated alone first, so that an error names its key
+        try:
+            con.sql(f"select {text[key]} from population_source limit 0").fetchall()
+        except duckdb.Error as exc:
+            raise ValueError(
+                f"{where}.{key}: '{fmt[key]}' cannot be evaluated over {cfg.population} (its columns: "
+                f"{', '.join(src.columns)}): {str(exc).splitlines()[0]}"
+            ) from None
+    rows = con.sql(
+        f"select _citylake_row, {text['code']}, {text['year']}, {text['population']} from {numbered} "
+        "order by _citylake_row"
+    ).fetchall()
+    for source_row, _, year, population in rows:
+        if population is not None and (year is None or not re.fullmatch(r"\d{4}", year)):
+            raise ValueError(
+                f"{where}.year: '{year}' in data row {source_row} of {cfg.population} is not a year (four digits)"
+            )
+    return rows
 
 
 def _quote(column: str) -> str:

@@ -359,9 +359,10 @@ def test_a_wide_census_table_is_read_as_code_population_year(tmp_path: Path) -> 
     ("fmt", "message"),
     [
         (
-            {"layout": "long", "code": "c", "year_columns": "(\\d+)"},
-            "layout: str 'long' is not a population layout; use wide",
+            {"layout": "tall", "code": "c", "year_columns": "(\\d+)"},
+            "layout: str 'tall' is not a population layout; use one of wide, long",
         ),
+        ({"layout": "long", "code": "c", "year_columns": "(\\d+)"}, "year_columns: unknown key for layout long"),
         ({"layout": "wide", "year_columns": "(\\d+)"}, "population_format.code is missing"),
         ({"layout": "wide", "code": "c", "year_columns": "Population"}, "needs a group capturing the year"),
         ({"layout": "wide", "code": "c", "year_columns": "(", "extra": 1}, "extra: unknown key"),
@@ -372,6 +373,53 @@ def test_population_format_errors_name_the_key(tmp_path: Path, fmt: dict, messag
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(_wide_city(tmp_path, fmt, "code,population,year\n"))
+
+
+def test_a_long_census_table_is_read_under_its_own_column_names(tmp_path: Path) -> None:
+    """`population_format: {layout: long, code, population, year}`: each a column or an expression; the keys
+    left out default to the columns code, population and year."""
+    from orchestration.config import load_config
+    from orchestration.dbt_build import population_rows
+
+    table = 'Ward,Residents,Census,Note\nw1,"1,200",2010,a\nw2,,2010,b\nw1,1300,2020,c\n'
+    fmt = {"layout": "long", "code": "upper(Ward)", "population": "Residents", "year": "Census"}
+    assert population_rows(load_config(_wide_city(tmp_path, fmt, table))) == [
+        {"code": "W1", "population": 1200, "year": "2010"},  # (w2 has no 2010 population: skipped)
+        {"code": "W1", "population": 1300, "year": "2020"},
+    ]
+    defaults = tmp_path / "defaults"
+    defaults.mkdir()
+    rows = population_rows(load_config(_wide_city(defaults, {"layout": "long", "code": "ward_no"}, _LONG)))
+    assert rows == [
+        {"code": "T1", "population": 15000, "year": "2024"},
+        {"code": "T2", "population": 25000, "year": "2024"},
+    ]
+
+
+_LONG = "ward_no,population,year\nT1,15000,2024\nT2,25000,2024\n"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "table", "message"),
+    [
+        ({"layout": "long", "population": "residents"}, _LONG, "districts.population_format.code: 'code' cannot be"),
+        (
+            {"layout": "long", "code": "ward_no", "year": "yr"},
+            _LONG,
+            "population_format.year: 'yr' cannot be evaluated",
+        ),
+        ({"layout": "long", "code": "ward_no"}, _LONG.replace(",2024\nT2", ",24\nT2"), "'24' in data row 1"),
+        ({"layout": "long", "code": "ward_no"}, _LONG.replace("15000", "many"), "'many' in data row 1 (2024)"),
+    ],
+)
+def test_a_long_census_table_that_cannot_be_read_names_the_key_and_row(
+    tmp_path: Path, fmt: dict, table: str, message: str
+) -> None:
+    from orchestration.config import load_config
+    from orchestration.dbt_build import population_rows
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        population_rows(load_config(_wide_city(tmp_path, fmt, table)))
 
 
 def test_a_code_expression_that_fails_names_the_key(tmp_path: Path) -> None:
