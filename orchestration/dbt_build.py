@@ -745,10 +745,10 @@ def population_rows(cfg: CityConfig) -> list[dict]:
         src = con.read_csv(str(cfg.population), header=True, all_varchar=True)
         con.register("population_source", src)
         numbered = "(select *, row_number() over () as _citylake_row from population_source)"
-        code = f"nullif(trim(cast({raw_expression(fmt['code'])} as varchar)), '') as code"
         if fmt["layout"] == "long":
             rows = _long_population(cfg, con, src, numbered)
         else:
+            code = f"nullif(trim(cast({raw_expression(fmt['code'])} as varchar)), '') as code"
             pattern = re.compile(fmt["year_columns"])
             years = {c: m.group(1) for c in src.columns if (m := pattern.search(c))}
             if not years:

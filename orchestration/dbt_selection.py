@@ -54,7 +54,6 @@ def import_dagster_dbt():
             sys.meta_path.remove(finder)
     import dagster_dbt
     import dagster_dbt.asset_utils
-    import dagster_dbt.utils
 
     dagster_dbt.asset_utils.select_unique_ids = select_unique_ids  # (what `@dbt_assets` calls)
     return dagster_dbt
