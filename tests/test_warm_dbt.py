@@ -7,6 +7,7 @@ process ids in the warehouse (so a test can tell who ran it), and can sleep (so 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,9 +70,13 @@ def environment(**more: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("word", ["river", "ĉiutage"])
-def test_dbt_forked_from_the_server_runs_as_the_client_asked(tmp_path, word):
+def test_dbt_forked_from_the_server_runs_as_the_client_asked(tmp_path, word, monkeypatch):
     root = project(tmp_path / "p")
     before = os.environ.get(warm_dbt.ENV)
+    if word == "river":  # a server warmed at its start from the project's saved parse (see the test below)
+        parsed = dbt(root, "parse", env={k: v for k, v in environment().items() if k != warm_dbt.ENV})
+        assert parsed.wait(timeout=300) == 0 and (root / "target" / "partial_parse.msgpack").exists()
+        monkeypatch.setattr(warm_dbt, "PROJECT", root)
     with warm_dbt.warm_dbt_server(now=True):
         env = environment(WARM_TEST_WORD=word)
         ok = dbt(root, "run", "--select", "who", env=env)
@@ -245,3 +250,80 @@ def test_old_dbt_artifact_folders_are_pruned_per_step(tmp_path: Path) -> None:
     # keeping none: the hours-old folders go, the seconds-old one stays
     assert names(prune_targets(tmp_path, keep=0, min_age_s=3600)) == [f"{s}-0000001-000001x" for s in steps]
     assert names(tmp_path.glob("dbt_*")) == [f"{s}-0000000-000000x" for s in steps]
+
+
+WARM_CHECK = """
+import json, sys
+from pathlib import Path
+from orchestration import warm_dbt
+warm_dbt._import_dbt()
+from dbt.cli.main import dbtRunner
+from dbt.contracts.graph.manifest import Manifest
+from dbt.contracts.graph.nodes import ModelNode
+from dbt.contracts.project import Project
+
+saved = Path(sys.argv[1]) / "target" / "partial_parse.msgpack"
+def compiled():  # mashumaro compiles a (de)serializer on its first call and puts it on the class
+    return (Manifest.__dict__["from_msgpack"].__func__, ModelNode.__dict__["from_dict"].__func__)
+cut = saved.with_name("cut.msgpack")
+cut.write_bytes(saved.read_bytes()[:200])
+before = compiled()
+assert not warm_dbt._warm_manifest(cut) and not warm_dbt._warm_manifest(saved.with_name("none.msgpack"))
+warm_dbt._warm_schemas()
+assert warm_dbt._warm_manifest(saved)
+warmed = compiled()
+res = dbtRunner().invoke(["parse", "--project-dir", sys.argv[1], "--profiles-dir", sys.argv[1],
+                          "--target-path", sys.argv[2], "--quiet"])
+assert res.success, res.exception
+print(json.dumps({"schemas": Project.json_schema.cache_info().currsize,
+                  "changed_by_warm": [a is not b for a, b in zip(before, warmed)],
+                  "changed_by_parse": [a is not b for a, b in zip(warmed, compiled())]}))
+"""
+
+
+def test_the_server_warms_dbts_caches_from_the_saved_parse_without_changing_what_dbt_does(tmp_path):
+    """What the server compiles once (orchestration/warm_dbt.py, _warm_schemas and _warm_manifest) is what
+    a dbt process would compile itself, and a parse after it gives the same project as dbt alone does."""
+    root = project(tmp_path / "p")
+    plain = subprocess.run(
+        [warm_dbt.real_dbt(), "parse", "--project-dir", ".", "--profiles-dir", ".", "--quiet"],
+        cwd=root,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", WARM_CHECK, str(root), str(tmp_path / "after_warm")],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["schemas"] >= 7  # the project, profile, selector, ... schemas
+    assert seen["changed_by_warm"] == [True, True]  # the manifest's and a model's (de)serializers compiled
+    assert seen["changed_by_parse"] == [False, False]  # and dbt's parse used them rather than compiling again
+
+    def nodes(target: Path) -> dict:
+        manifest = json.loads((target / "manifest.json").read_text())
+        return {k: (v["checksum"], v["config"], v["depends_on"]) for k, v in manifest["nodes"].items()}
+
+    assert nodes(tmp_path / "after_warm") == nodes(root / "target") and len(nodes(root / "target")) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {}, "/work/target"),
+        ([], {"DBT_TARGET_PATH": "target/dbt_daily-1"}, "/work/target/dbt_daily-1"),
+        (["--project-dir", "/p", "--target-path", "t"], {"DBT_TARGET_PATH": "x"}, "/p/t"),
+    ],
+)
+def test_the_saved_parse_a_dbt_request_reads(args, env, expected):
+    got = warm_dbt._partial_parse_file({"args": ["build", *args], "env": env, "cwd": "/work"})
+    assert got == Path(expected) / "partial_parse.msgpack"

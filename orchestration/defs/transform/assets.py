@@ -76,6 +76,7 @@ def layer(props: Mapping[str, Any]) -> str:
 
 dbt_env()
 project = DbtProject(project_dir=dbt_project_dir(), profiles_dir=dbt_project_dir())
+warm_dbt.PROJECT = Path(project.project_dir)  # (the run's warm dbt server reads its saved parse at its start)
 
 
 DAILY = "tag:daily"
