@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -868,14 +869,26 @@ def _sync(src: Path, dst: Path) -> None:
             tmp = target.with_name(f".{target.name}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, target)
-    for p in sorted(dst.rglob("*"), reverse=True):
+    for p in sorted(_rendered(dst, skip=("target", "logs", "dbt_packages"), folders=True), reverse=True):
         rel = p.relative_to(dst)
-        if rel.parts[0] in ("target", "logs", "dbt_packages") or p.name == "dbt.lock":
+        if p.name == "dbt.lock":
             continue
         if p.is_file() and rel not in wanted:
             p.unlink()
         elif p.is_dir() and not any(p.iterdir()):
             p.rmdir()
+
+
+def _rendered(project: Path, skip: tuple[str, ...], folders: bool = False) -> Iterator[Path]:
+    """The files (and with `folders`, the folders) under `project`, except those under its top-level
+    folders named in `skip` (dbt's output: target/ alone holds thousands of files, one folder of compiled
+    SQL per dbt step kept, which were walked on every load of the definitions)."""
+    for here, dirs, files in os.walk(project):
+        if here == str(project):
+            dirs[:] = [d for d in dirs if d not in skip]
+        if folders:
+            yield from (Path(here) / d for d in dirs)
+        yield from (Path(here) / f for f in files)
 
 
 def _render(cfg: CityConfig, out: Path, final: Path) -> None:
@@ -963,11 +976,10 @@ def write_generated(cfg: CityConfig, folder: Path) -> list[Path]:
 
 def _fingerprint(project: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted(project.rglob("*")):
-        # dbt's own output (target/, logs/) is not part of what was rendered
-        if p.is_file() and p.relative_to(project).parts[0] not in ("target", "logs"):
-            h.update(str(p.relative_to(project)).encode())
-            h.update(p.read_bytes())
+    # dbt's own output (target/, logs/) is not part of what was rendered
+    for p in sorted(p for p in _rendered(project, skip=("target", "logs")) if p.is_file()):
+        h.update(str(p.relative_to(project)).encode())
+        h.update(p.read_bytes())
     return h.hexdigest()
 
 
