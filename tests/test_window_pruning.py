@@ -197,6 +197,17 @@ def _differences(warehouse: Path, models: list[str]) -> dict[str, tuple[int, int
     return out
 
 
+def _unplace(warehouse: Path, points: str, unioned: list[str], lo: dt.date, hi: dt.date) -> int:
+    """Delete from the coordinate lookup the pairs that rows dated lo..hi carry; how many went."""
+    carried = " or ".join(
+        f"exists (select 1 from {u} where district_method = 'coordinates' and partition_date between date '{lo}' "
+        f"and date '{hi}' and district_lat = p.latitude and district_lon = p.longitude)"
+        for u in unioned
+    )
+    with duckdb.connect(str(warehouse)) as con:
+        return con.execute(f"delete from {points} as p where {carried}").fetchone()[0]
+
+
 def _rows(warehouse: Path, model: str, where: str) -> int:
     with duckdb.connect(str(warehouse), read_only=True) as con:
         return con.execute(f"select count(*) from {model} where {where}").fetchone()[0]
@@ -241,11 +252,17 @@ def test_a_window_build_reads_its_keys_only_and_equals_a_full_build(seed, tmp_pa
     mid = start + dt.timedelta(days=rng.randint(0, max(0, (dt.date(2026, 1, 1) - start).days)))
     old = dt.date.fromisoformat(rng.choice(moved)) if moved else mid
     windows = [(start, start), (today, today), (old - dt.timedelta(days=1), old + dt.timedelta(days=1)), (mid, mid)]
+    points = next(m for m in models if '"int_district_coordinates"' in m)
+    unplaced = []
     for first, last in windows:
         lo, hi = max(first, start), min(last, today)
+        # the pairs of the window's rows taken out of the coordinate lookup, as if never placed: the build of
+        # the window must place them again (it reads only the window's rows, and adds only pairs not placed)
+        unplaced.append(_unplace(warehouse, points, unioned, lo, hi))
         _dbt(project, "run", "--select", "tag:daily", "--vars", json.dumps({"min_date": str(lo), "max_date": str(hi)}))
         bad = _differences(warehouse, models)
         assert not bad, f"seed {seed}, window {lo}..{hi} (city in {config.parent}): {bad}"
+    assert sum(unplaced) or not _rows(warehouse, points, "true"), "no pair to place again: the check did nothing"
     compiled = project / "target" / "compiled"
     assert any("window_keys" in p.read_text() for p in compiled.rglob("*__unioned.sql"))
 
