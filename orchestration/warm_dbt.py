@@ -177,9 +177,11 @@ def _import_dbt() -> None:
 
 def _freeze() -> None:
     """What the server holds (dbt's modules, the compiled caches) moved out of the garbage collector's sight:
-    a child's collections do not walk it again (nor touch its pages, which the child shares with the server)."""
+    a child's collections do not walk it again (nor touch its pages, which the child shares with the server).
+    Garbage is collected first (what a warm-up read and threw away), or it would be kept for good."""
     import gc
 
+    gc.collect()
     gc.freeze()
 
 
@@ -230,7 +232,6 @@ def _warm_manifest(saved_parse: Path) -> bool:
     compiled here once, every later child inherits them. What is read is thrown away: no dbt state is
     set, and the child parses the project as it would have. Whether it was done (there is a saved
     parse, and it could be read: a file still being written is tried again at the next request)."""
-    import gc
     import tempfile
 
     try:
@@ -245,8 +246,6 @@ def _warm_manifest(saved_parse: Path) -> bool:
             manifest.writable_manifest().write(os.path.join(folder, "manifest.json"))
     except Exception:  # noqa: BLE001 - best effort: a child does this work itself when the server has not
         return False
-    finally:
-        gc.collect()
     return True
 
 
