@@ -327,3 +327,29 @@ def test_the_server_warms_dbts_caches_from_the_saved_parse_without_changing_what
 def test_the_saved_parse_a_dbt_request_reads(args, env, expected):
     got = warm_dbt._partial_parse_file({"args": ["build", *args], "env": env, "cwd": "/work"})
     assert got == Path(expected) / "partial_parse.msgpack"
+
+
+def test_a_python_model_in_a_warm_dbt_process_finds_pandas_imported(tmp_path):
+    """The daily build's Python model (int_district_coordinates) imports pandas, ~1.3 s in every dbt
+    process: the server imports it once, and its children have it; dbt itself does not."""
+    root = project(tmp_path / "p")
+    (root / "models" / "probe.py").write_text(
+        "import sys\n\n"
+        "PRELOADED = 'pandas' in sys.modules  # before anything here imports it\n\n"
+        "def model(dbt, session):\n"
+        "    return session.sql(f'select {PRELOADED} as preloaded')\n"
+    )
+
+    def preloaded() -> bool:
+        with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+            return con.execute("select preloaded from probe").fetchone()[0]
+
+    alone = dbt(root, "run", "--select", "probe", env={k: v for k, v in environment().items() if k != warm_dbt.ENV})
+    out, _ = alone.communicate(timeout=300)
+    assert alone.returncode == 0, out
+    assert preloaded() is False
+    with warm_dbt.warm_dbt_server(now=True):
+        warm = dbt(root, "run", "--select", "probe", env=environment())
+        out, _ = warm.communicate(timeout=300)
+        assert warm.returncode == 0, out
+    assert preloaded() is True
