@@ -154,8 +154,8 @@ def serve(path: str, project: str | None = None) -> None:
             conn.close()
             for fd in request[0]:
                 os.close(fd)
-            if warm:  # while the child runs dbt, on the other core
-                warm = not _warm_manifest(_partial_parse_file(request[1]))
+            if warm and _warm_manifest(_partial_parse_file(request[1])):  # while the child runs, on the other core
+                warm = False
                 _freeze()
 
 
